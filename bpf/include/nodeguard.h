@@ -37,6 +37,7 @@
 /* ---- protocol bits (struct ng_port_range.protocols) ---- */
 #define NG_PROTO_TCP (1u << 0)
 #define NG_PROTO_UDP (1u << 1)
+#define NG_PROTO_OTHER (1u << 2) /* any other IPPROTO (e.g. ICMP echo); ports ignored */
 
 /* ---- exec rule kinds (struct ng_exec_rule.kind) ---- */
 #define NG_EXEC_EXACT   1 /* key holds the whole path plus its NUL */

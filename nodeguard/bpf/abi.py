@@ -27,6 +27,7 @@ class PolicyFlag(IntFlag):
 class Proto(IntFlag):
     TCP = 1 << 0
     UDP = 1 << 1
+    OTHER = 1 << 2  # any other IPPROTO (ICMP echo sockets...); ports ignored
 
 
 class ExecKind(IntEnum):
@@ -199,6 +200,7 @@ CONSTANTS: dict[str, int] = {
     "NG_POLICY_EXEC": PolicyFlag.EXEC,
     "NG_PROTO_TCP": Proto.TCP,
     "NG_PROTO_UDP": Proto.UDP,
+    "NG_PROTO_OTHER": Proto.OTHER,
     "NG_EXEC_EXACT": ExecKind.EXACT,
     "NG_EXEC_SEGMENT": ExecKind.SEGMENT,
     "NG_EXEC_SUBTREE": ExecKind.SUBTREE,
