@@ -22,7 +22,9 @@ def egress_key(policy_id: int, entry: EgressEntry) -> abi.EgressKey:
 def port_set(entry: EgressEntry) -> abi.PortSet:
     if len(entry.ranges) > abi.MAX_PORT_RANGES:
         # The compiler refuses such policies with a located error; this is a backstop.
-        raise ValueError(f"{entry.network}: {len(entry.ranges)} port ranges > {abi.MAX_PORT_RANGES}")
+        raise ValueError(
+            f"{entry.network}: {len(entry.ranges)} port ranges > {abi.MAX_PORT_RANGES}"
+        )
     value = abi.PortSet()
     value.count = len(entry.ranges)
     for slot, rule in zip(value.ranges, entry.ranges, strict=False):

@@ -16,7 +16,7 @@ from nodeguard.errors import NodeguardError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nodeguard.cli import doctor, policy, run  # noqa: PLC0415 - keep start-up light
+    from nodeguard.cli import demo, doctor, policy, run  # noqa: PLC0415 - keep start-up light
 
     parser = argparse.ArgumentParser(
         prog="nodeguard",
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.register(sub)
     policy.register(sub)
     doctor.register(sub)
+    demo.register(sub)
     return parser
 
 

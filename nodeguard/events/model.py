@@ -58,7 +58,8 @@ class WorkloadRef:
     pod_labels: dict[str, str] = field(default_factory=dict)
     container_id: str | None = None
     container_name: str | None = None
-    image: str | None = None
+    image: str | None = None  # image reference, e.g. ghcr.io/acme/agent:1.2
+    image_id: str | None = None  # resolved image id (CRI imageRef, sha256:...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +68,10 @@ class Violation:
     sequence: int  # per-producer monotonically increasing
     kind: Kind
     time_ms: int  # wall clock, ms since epoch, of the latest attempt in this record
-    first_time_ms: int  # wall clock of the first attempt of the aggregate
-    count: int  # attempts this record stands for (>= 1)
+    # wall clock of the earliest attempt this record may stand for: the aggregate's first
+    # attempt for its first record, else the previous record's time (a lower bound)
+    first_time_ms: int
+    count: int  # attempts this record stands for (>= 1), all in [first_time_ms, time_ms]
     verdict: Verdict
     cgroup_id: int
     process: ProcessInfo

@@ -1,0 +1,46 @@
+# nodeguard: the two commands of the README are `sudo make demo` and `sudo make test`.
+# CI runs .ci/run, which runs `make test`.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+VENV := .venv
+BIN := $(VENV)/bin
+SHELL_SCRIPTS := scripts/setup.sh .ci/run
+
+.PHONY: help setup demo test lint bench doctor
+
+help:
+	@echo "make setup   install system packages, kernel headers, mounts and .venv (root)"
+	@echo "make demo    setup, then run the demo: an agent under a policy, violations shown (root)"
+	@echo "make test    setup, then lint and every test, kernel tests included (root)"
+	@echo "make lint    ruff check, ruff format --check, mypy --strict, shellcheck"
+	@echo "make bench   setup, then run the benchmarks (root)"
+	@echo "make doctor  setup, then report the kernel features nodeguard needs (root)"
+
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	$(BIN)/nodeguard demo
+
+test: setup
+	$(MAKE) --no-print-directory lint
+	$(BIN)/pytest -q tests
+
+lint:
+	$(BIN)/ruff check
+	$(BIN)/ruff format --check
+	$(BIN)/mypy
+	@if command -v shellcheck >/dev/null; then \
+		echo "shellcheck $(SHELL_SCRIPTS)"; shellcheck $(SHELL_SCRIPTS); \
+	else \
+		echo "shellcheck not installed (scripts/setup.sh installs it): skipped" >&2; \
+	fi
+
+bench: setup
+	$(BIN)/python -m bench
+
+doctor: setup
+	$(BIN)/nodeguard doctor

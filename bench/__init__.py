@@ -1,0 +1,1 @@
+"""nodeguard benchmarks: ratios against baselines measured in the same run."""

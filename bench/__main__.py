@@ -1,0 +1,67 @@
+"""Run the benchmarks as root: ``python -m bench [--quick] [--only NAME]``.
+
+Writes bench/results/latest.json and prints a Markdown table for docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+from bench.guard_bench import bench_connect, bench_fork_exec, bench_null_syscall
+from bench.harness import BENCH_DIR, Comparison, build_binaries
+
+
+def table(results: list[Comparison]) -> str:
+    rows = [
+        "| benchmark | baseline ns/op | nodeguard ns/op | ratio | goal | met |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in results:
+        goal = f"<= {r.goal_max_ratio:.2f}" if r.goal_max_ratio else "-"
+        met = {True: "yes", False: "NO", None: "-"}[r.meets_goal]
+        rows.append(
+            f"| {r.name} | {r.baseline_ns:,.1f} | {r.subject_ns:,.1f} | {r.ratio:.3f} | "
+            f"{goal} | {met} |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench")
+    ap.add_argument("--quick", action="store_true", help="fewer rounds (for a smoke run)")
+    ap.add_argument("--only", choices=["connect", "forkexec", "syscall"])
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("benchmarks load eBPF programs: run as root", file=sys.stderr)
+        return 2
+    bins = build_binaries()
+    results: list[Comparison] = []
+    started = time.time()
+    if args.only in (None, "connect"):
+        results += bench_connect(bins, args.quick)
+    if args.only in (None, "forkexec"):
+        results.append(bench_fork_exec(bins, args.quick))
+    if args.only in (None, "syscall"):
+        results.append(bench_null_syscall(bins, args.quick))
+    out = {
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "quick": args.quick,
+        "duration_s": round(time.time() - started, 1),
+        "results": [r.as_dict() for r in results],
+    }
+    path = BENCH_DIR / "results" / "latest.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(table(results))
+    print(f"\n(written to {path})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

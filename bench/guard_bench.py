@@ -1,0 +1,150 @@
+"""Guard overhead benchmarks (issue 2): connect() with 1/1,000/10,000 allowed CIDRs,
+fork+exec guarded vs unguarded, and a null-syscall loop outside any guarded cgroup with
+nodeguard loaded vs not. Run as root: ``python -m bench`` (or ``make bench``)."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from pathlib import Path
+
+from bench.harness import (
+    Comparison,
+    LoopbackListener,
+    bench_cgroup,
+    cgroup_mount,
+    compare,
+    run_loop,
+)
+from nodeguard.bpf.guard import Guard
+from nodeguard.policy import compile_policy, load_policy_text
+from nodeguard.policy.compiled import CompiledPolicy
+
+UDP_CONNECTS = 200_000
+TCP_CONNECTS = 10_000
+FORK_EXECS = 1_000
+NULL_SYSCALLS = 5_000_000
+
+
+def _policy(name: str, egress: list[str] | None, exec_allow: list[str] | None) -> CompiledPolicy:
+    lines = [
+        "apiVersion: nodeguard.io/v1alpha1",
+        "kind: AgentPolicy",
+        f"metadata: {{name: {name}}}",
+        "spec:",
+    ]
+    if egress is not None:
+        lines.append("  egress:")
+        lines.append("    allow:")
+        lines.extend(f"      - {{cidr: '{c}', ports: ['1-65535'], protocol: any}}" for c in egress)
+    if exec_allow is not None:
+        lines.append("  exec:")
+        lines.append("    allow: [" + ", ".join(f"'{p}'" for p in exec_allow) + "]")
+    (policy,) = load_policy_text("\n".join(lines) + "\n", f"<bench:{name}>")
+    return compile_policy(policy)
+
+
+def cidrs(n: int, seed: int = 7) -> list[str]:
+    """127.0.0.1/32 (the one the loop connects to) plus n-1 other prefixes of mixed lengths,
+    in ranges nothing is ever sent to (they only fill the trie)."""
+    rng = random.Random(seed)  # noqa: S311 - reproducible test data, not crypto
+    out = {"127.0.0.1/32"}
+    while len(out) < n:
+        plen = rng.choice([16, 20, 24, 24, 28, 32, 32, 32])
+        base = rng.choice(
+            [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("172.16.0.0/12")]
+        )
+        addr = int(base.network_address) + rng.randrange(base.num_addresses)
+        out.add(str(ipaddress.ip_network((addr, plen), strict=False)))
+    return sorted(out)
+
+
+def bench_connect(bins: dict[str, Path], quick: bool) -> list[Comparison]:
+    results: list[Comparison] = []
+    mount = cgroup_mount()
+    listener = LoopbackListener()
+    rounds = 3 if quick else 7
+    try:
+        with Guard() as guard, bench_cgroup("base") as base, bench_cgroup("guarded") as guarded:
+            for n in (1, 1_000, 10_000):
+                policy_id = guard.load_policy(_policy(f"connect-{n}", cidrs(n), None))
+                cgid = guard.guard(mount, guarded, policy_id)
+                try:
+                    udp = [str(bins["connect_loop"]), "udp", "127.0.0.1", "9", str(UDP_CONNECTS)]
+                    results.append(
+                        compare(
+                            f"connect() UDP, {n:,} allowed CIDRs",
+                            lambda: run_loop(base, udp),  # noqa: B023
+                            lambda: run_loop(guarded, udp),  # noqa: B023
+                            rounds=rounds,
+                            goal_max_ratio=1.10 if n == 10_000 else None,
+                            note="connect() on one UDP socket: the syscall plus the hook",
+                        )
+                    )
+                    tcp = [
+                        str(bins["connect_loop"]),
+                        "tcp",
+                        "127.0.0.1",
+                        str(listener.port),
+                        str(TCP_CONNECTS),
+                    ]
+                    results.append(
+                        compare(
+                            f"socket+connect+close TCP loopback, {n:,} allowed CIDRs",
+                            lambda: run_loop(base, tcp),  # noqa: B023
+                            lambda: run_loop(guarded, tcp),  # noqa: B023
+                            rounds=rounds,
+                            goal_max_ratio=1.10 if n == 10_000 else None,
+                            note="a full loopback handshake per connect",
+                        )
+                    )
+                finally:
+                    guard.unguard(cgid)
+                    guard.unload_policy(policy_id)
+    finally:
+        listener.close()
+    return results
+
+
+def bench_fork_exec(bins: dict[str, Path], quick: bool) -> Comparison:
+    mount = cgroup_mount()
+    loop = bins["forkexec_loop"]
+    argv = [str(loop), "/usr/bin/true", str(FORK_EXECS // (4 if quick else 1))]
+    with Guard() as guard, bench_cgroup("base") as base, bench_cgroup("guarded") as guarded:
+        policy = _policy("fork-exec", None, [str(loop), "/usr/bin/*", "/opt/agent/**"])
+        policy_id = guard.load_policy(policy)
+        guard.guard(mount, guarded, policy_id)
+        return compare(
+            "fork+exec+wait of /usr/bin/true",
+            lambda: run_loop(base, argv),
+            lambda: run_loop(guarded, argv),
+            rounds=3 if quick else 7,
+            goal_max_ratio=1.10,
+            note="guarded: exec allowlist checked (segment glob) on every exec",
+        )
+
+
+def bench_null_syscall(bins: dict[str, Path], quick: bool) -> Comparison:
+    """Outside any guarded cgroup: nodeguard loaded (guarding another cgroup) vs not."""
+    mount = cgroup_mount()
+    argv = [str(bins["null_syscall"]), str(NULL_SYSCALLS)]
+    rounds = 3 if quick else 5
+    base_ns: list[float] = []
+    loaded_ns: list[float] = []
+    with bench_cgroup("outside") as outside, bench_cgroup("victim") as other:
+        for _ in range(rounds):
+            base_ns.append(run_loop(outside, argv))
+            with Guard() as guard:
+                policy_id = guard.load_policy(_policy("null", ["127.0.0.1/32"], ["/usr/bin/true"]))
+                guard.guard(mount, other, policy_id)
+                loaded_ns.append(run_loop(outside, argv))
+    import statistics  # noqa: PLC0415
+
+    return Comparison(
+        name="null syscall (getppid) outside guarded cgroups, loaded vs not",
+        baseline_ns=statistics.median(base_ns),
+        subject_ns=statistics.median(loaded_ns),
+        goal_max_ratio=1.02,
+        rounds=rounds,
+        note="nodeguard attaches no per-syscall hook, so unguarded processes pay nothing",
+    )

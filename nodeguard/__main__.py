@@ -1,0 +1,5 @@
+import sys
+
+from nodeguard.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""`nodeguard demo`: an embedded, self-contained tour of the guard."""

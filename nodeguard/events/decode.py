@@ -1,0 +1,215 @@
+"""Ring buffer records -> typed raw records.
+
+Every record starts with ``struct ng_event_hdr``; :func:`decode` switches on ``op`` and
+trusts ``size`` only after checking it against the bytes actually received. Anything it
+cannot decode is counted in a :class:`DecodeStats` and dropped: a bad record never raises.
+No semantics here (verdict names, IP text, policy): that is :mod:`nodeguard.events.build`.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from nodeguard.bpf import abi
+
+AF_INET = 2
+AF_INET6 = 10
+
+_HDR_SIZE = ct.sizeof(abi.EventHdr)
+_VERDICTS = frozenset(int(v) for v in abi.Verdict)
+_HOOKS = frozenset(int(h) for h in abi.Hook)
+_FAMILIES = frozenset((AF_INET, AF_INET6))
+
+
+@dataclass(slots=True)
+class DecodeStats:
+    """What :func:`decode` saw. ``malformed`` covers short or inconsistent records."""
+
+    decoded: int = 0
+    unknown_op: int = 0
+    malformed: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class RawHeader:
+    op: int
+    size: int
+    policy_id: int
+    ts_ns: int  # CLOCK_MONOTONIC
+    cgroup_id: int
+    pid: int
+    tid: int
+    verdict: int  # abi.Verdict
+    count_total: int  # cumulative attempts of the aggregate; 0 = not aggregated
+    first_ns: int  # CLOCK_MONOTONIC of the aggregate's first attempt
+    comm: str
+
+
+@dataclass(frozen=True, slots=True)
+class RawEgress:
+    hdr: RawHeader
+    addr: bytes  # 16 bytes, IPv4 as IPv4-mapped IPv6
+    port: int  # host order
+    protocol: int  # IPPROTO_*
+    family: int  # AF_INET / AF_INET6 as used by the caller
+    hook: int  # abi.Hook
+
+
+@dataclass(frozen=True, slots=True)
+class RawExec:
+    hdr: RawHeader
+    old_pid: int
+    path_len: int  # bytes the kernel read including the NUL; >= PATH_MAX: truncated
+    path: str  # UTF-8 with replacement characters, up to the first NUL
+    path_bytes: bytes  # the exact bytes up to the first NUL (what the kernel hashed)
+
+    @property
+    def truncated(self) -> bool:
+        return self.path_len >= abi.PATH_MAX
+
+
+RawRecord = RawEgress | RawExec
+
+
+def c_string(raw: bytes) -> bytes:
+    """Bytes of a fixed-size C char array up to (not including) the first NUL."""
+    end = raw.find(b"\0")
+    return raw if end < 0 else raw[:end]
+
+
+def _text(raw: bytes) -> str:
+    return c_string(raw).decode("utf-8", errors="replace")
+
+
+def _char_array(struct: ct.Structure, field: str, length: int) -> bytes:
+    """A ``char[N]`` member as all N bytes (ctypes' own getter stops at the first NUL)."""
+    offset: int = getattr(type(struct), field).offset
+    return ct.string_at(ct.addressof(struct) + offset, length)
+
+
+def _header(h: abi.EventHdr) -> RawHeader:
+    return RawHeader(
+        op=h.op,
+        size=h.size,
+        policy_id=h.policy_id,
+        ts_ns=h.ts_ns,
+        cgroup_id=h.cgroup_id,
+        pid=h.pid,
+        tid=h.tid,
+        verdict=h.verdict,
+        count_total=h.count_total,
+        first_ns=h.first_ns,
+        comm=_text(_char_array(h, "comm", abi.COMM_LEN)),
+    )
+
+
+def _egress(data: bytes) -> RawEgress | None:
+    e = abi.EgressEvent.from_buffer_copy(data)
+    if e.hook not in _HOOKS or e.family not in _FAMILIES:
+        return None
+    return RawEgress(
+        hdr=_header(e.hdr),
+        addr=bytes(e.addr),
+        port=e.port,
+        protocol=e.protocol,
+        family=e.family,
+        hook=e.hook,
+    )
+
+
+def _exec(data: bytes) -> RawExec:
+    e = abi.ExecEvent.from_buffer_copy(data)
+    path_bytes = c_string(_char_array(e, "path", abi.PATH_MAX))
+    return RawExec(
+        hdr=_header(e.hdr),
+        old_pid=e.old_pid,
+        path_len=e.path_len,
+        path=path_bytes.decode("utf-8", errors="replace"),
+        path_bytes=path_bytes,
+    )
+
+
+_BODIES: dict[int, tuple[int, Callable[[bytes], RawRecord | None]]] = {
+    int(abi.Op.EGRESS): (ct.sizeof(abi.EgressEvent), _egress),
+    int(abi.Op.EXEC): (ct.sizeof(abi.ExecEvent), _exec),
+}
+
+
+def decode(
+    data: bytes | bytearray | memoryview, stats: DecodeStats | None = None
+) -> RawRecord | None:
+    """One ring buffer record, or None (counted in ``stats``) when it cannot be decoded.
+
+    Trailing bytes beyond ``hdr.size`` (ring buffer padding) are ignored.
+    """
+    stats = stats if stats is not None else DecodeStats()
+    buf = bytes(data)
+    if len(buf) < _HDR_SIZE:
+        stats.malformed += 1
+        return None
+    hdr = abi.EventHdr.from_buffer_copy(buf)
+    body = _BODIES.get(hdr.op)
+    if body is None:
+        stats.unknown_op += 1
+        return None
+    need, parse = body
+    if hdr.size < need or hdr.size > len(buf) or hdr.verdict not in _VERDICTS:
+        stats.malformed += 1
+        return None
+    record = parse(buf[: hdr.size])
+    if record is None:
+        stats.malformed += 1
+        return None
+    stats.decoded += 1
+    return record
+
+
+# ------------------------------------------------------------------- encoding ---
+# The kernel's side of the format, for tests, benchmarks and fake guards: the exact
+# inverse of decode() (header fields are written as given, op and size included).
+
+EGRESS_SIZE = ct.sizeof(abi.EgressEvent)
+EXEC_SIZE = ct.sizeof(abi.ExecEvent)
+
+
+def _put_char_array(struct: ct.Structure, field: str, value: bytes, length: int) -> None:
+    offset: int = getattr(type(struct), field).offset
+    ct.memmove(ct.addressof(struct) + offset, value[:length], min(len(value), length))
+
+
+def _fill_header(out: abi.EventHdr, h: RawHeader) -> None:
+    out.op = h.op
+    out.size = h.size
+    out.policy_id = h.policy_id
+    out.ts_ns = h.ts_ns
+    out.cgroup_id = h.cgroup_id
+    out.pid = h.pid
+    out.tid = h.tid
+    out.verdict = h.verdict
+    out.count_total = h.count_total
+    out.first_ns = h.first_ns
+    _put_char_array(out, "comm", h.comm.encode(), abi.COMM_LEN - 1)
+
+
+def encode(raw: RawRecord) -> bytes:
+    """The ring buffer bytes of a record (``decode(encode(r)) == r`` for valid records)."""
+    if isinstance(raw, RawEgress):
+        eg = abi.EgressEvent()
+        _fill_header(eg.hdr, raw.hdr)
+        ct.memmove(eg.addr, raw.addr, 16)
+        eg.port = raw.port
+        eg.protocol = raw.protocol
+        eg.family = raw.family
+        eg.hook = raw.hook
+        return bytes(eg)
+    ex = abi.ExecEvent()
+    _fill_header(ex.hdr, raw.hdr)
+    ex.old_pid = raw.old_pid
+    ex.path_len = raw.path_len
+    _put_char_array(ex, "path", raw.path_bytes, abi.PATH_MAX)
+    return bytes(ex)

@@ -1,0 +1,95 @@
+"""Best-effort process details from /proc (via psutil) for a violation's pid.
+
+The process may be gone (an exec violation SIGKILLs it), a zombie, or unreadable: every
+lookup degrades to what the kernel record already says and never raises.
+
+exe and cmdline are cached for a short time by (pid, process start time), so a recycled
+pid never inherits another process's details. An exec changes both without changing the
+start time: exec records ask for a ``fresh`` read.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+import psutil
+
+from nodeguard.events.model import ProcessInfo
+
+_READ_ERRORS = (psutil.Error, OSError, ValueError)
+_CacheKey = tuple[int, float]  # (pid, start time)
+_ExeCmd = tuple[str | None, str | None]  # (exe, cmd_line)
+
+
+def _exe(proc: psutil.Process) -> str | None:
+    try:
+        return proc.exe() or None
+    except _READ_ERRORS:
+        return None
+
+
+def _cmd_line(proc: psutil.Process) -> str | None:
+    try:
+        argv = proc.cmdline()
+    except _READ_ERRORS:
+        return None
+    return " ".join(argv) if argv else None
+
+
+def _ppid(proc: psutil.Process) -> int | None:
+    try:
+        return proc.ppid()
+    except _READ_ERRORS:
+        return None
+
+
+class ProcessEnricher:
+    """:meth:`lookup` pid -> ProcessInfo, with a small TTL cache."""
+
+    def __init__(
+        self,
+        *,
+        ttl_s: float = 2.0,
+        max_entries: int = 1024,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ttl_s = ttl_s
+        self._max = max_entries
+        self._now = now
+        self._cache: OrderedDict[_CacheKey, tuple[float, _ExeCmd]] = OrderedDict()
+
+    def lookup(self, pid: int, tid: int, comm: str, *, fresh: bool = False) -> ProcessInfo:
+        """Kernel facts (pid, tid, comm) always; exe, cmd_line, ppid when readable."""
+        base = ProcessInfo(pid=pid, tid=tid, name=comm)
+        if pid <= 0:
+            return base
+        try:
+            proc = psutil.Process(pid)
+            with proc.oneshot():
+                key = (pid, proc.create_time())
+                ppid = _ppid(proc)
+                exe_cmd = None if fresh else self._get(key)
+                if exe_cmd is None:
+                    exe_cmd = (_exe(proc), _cmd_line(proc))
+                    self._put(key, exe_cmd)
+        except _READ_ERRORS:
+            return base
+        exe, cmd_line = exe_cmd
+        return ProcessInfo(pid=pid, tid=tid, name=comm, path=exe, cmd_line=cmd_line, ppid=ppid)
+
+    def _get(self, key: _CacheKey) -> _ExeCmd | None:
+        hit = self._cache.get(key)
+        if hit is None:
+            return None
+        if hit[0] <= self._now():
+            del self._cache[key]
+            return None
+        return hit[1]
+
+    def _put(self, key: _CacheKey, value: _ExeCmd) -> None:
+        self._cache[key] = (self._now() + self._ttl_s, value)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self._max:
+            self._cache.popitem(last=False)

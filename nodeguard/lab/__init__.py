@@ -1,0 +1,1 @@
+"""Test hosts in network namespaces of nodeguard's own, for the demo, tests and benchmarks."""

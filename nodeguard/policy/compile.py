@@ -1,0 +1,280 @@
+"""Compile a validated AgentPolicy into what the kernel maps need (pure functions).
+
+Egress: the kernel looks a destination up in an LPM trie keyed by IPv6 address (IPv4 as
+IPv4-mapped ``::ffff:a.b.c.d``) and checks only the port ranges of the longest matching
+entry. So every entry carries its own ranges plus those of every shorter prefix of the
+same address family that contains it. IPv4 and IPv6 rules are separate: an IPv6 rule
+such as ``::/0`` must not allow IPv4 destinations through their mapped form, so when an
+IPv6 rule covers ``::ffff:0:0/96`` that block gets an entry of its own (with only the
+ranges of IPv4 rules, possibly none: deny).
+
+Exec: entries are longest-prefix matched too; an entry under a ``**`` entry is dropped,
+because the kernel would pick the longer entry and apply its stricter check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from nodeguard.bpf.abi import MAX_PORT_RANGES, ExecKind, Proto
+from nodeguard.errors import PolicyError, PolicyProblem
+from nodeguard.policy.compiled import CompiledPolicy, EgressEntry, ExecEntry, PortRule
+from nodeguard.policy.loader import duplicate_name_problems
+from nodeguard.policy.model import AgentPolicy, EgressRule, ExecSpec, Network, PolicySpec
+
+# uuid5(NAMESPACE_DNS, "nodeguard.io"): policy uids are uuid5(this, policy name).
+UID_NAMESPACE = uuid.UUID("175e4ee1-8708-5258-8e21-751fd6bf3200")
+VERSION_LENGTH = 12
+
+V4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+ALL_PORTS = (0, 65535)
+_EGRESS_PATH = ("spec", "egress", "allow")
+
+# Protocols of a rule. Ports only exist for TCP and UDP; a port-less "any" rule also
+# allows other protocols (e.g. ICMP echo), whose "ports" the kernel ignores.
+_PROTOCOLS_WITH_PORTS = {"tcp": Proto.TCP, "udp": Proto.UDP, "any": Proto.TCP | Proto.UDP}
+_PROTOCOLS_ALL_PORTS = {**_PROTOCOLS_WITH_PORTS, "any": Proto.TCP | Proto.UDP | Proto.OTHER}
+
+
+# -------------------------------------------------------------------- identity --
+
+
+def policy_uid(name: str) -> str:
+    """Stable id of a policy name (the same name always gets the same uid)."""
+    return str(uuid.uuid5(UID_NAMESPACE, name))
+
+
+def _canonical_rule(rule: EgressRule) -> dict[str, Any]:
+    ports = sorted({(p.lo, p.hi) for p in rule.ports}) if rule.ports is not None else None
+    return {
+        "cidr": str(to_mapped(rule.cidr)),
+        "ports": None if ports is None else [f"{lo}-{hi}" for lo, hi in ports],
+        "protocol": rule.protocol,
+    }
+
+
+def _sorted_unique(items: Iterable[Any]) -> list[Any]:
+    by_key = {json.dumps(item, sort_keys=True): item for item in items}
+    return [by_key[key] for key in sorted(by_key)]
+
+
+def canonical_spec(spec: PolicySpec) -> dict[str, Any]:
+    """The spec as JSON-able data, with order and duplicates that mean nothing removed."""
+    data: dict[str, Any] = spec.model_dump(mode="json", by_alias=True)
+    if spec.egress is not None:
+        data["egress"]["allow"] = _sorted_unique(_canonical_rule(r) for r in spec.egress.allow)
+    if spec.exec is not None:
+        data["exec"]["allow"] = sorted({p.text for p in spec.exec.allow})
+    selector = data.get("selector")
+    if selector is not None:
+        if selector.get("namespaces") is not None:
+            selector["namespaces"] = sorted(set(selector["namespaces"]))
+        for expr in selector.get("matchExpressions") or ():
+            if expr.get("values") is not None:
+                expr["values"] = sorted(set(expr["values"]))
+        if selector.get("matchExpressions") is not None:
+            selector["matchExpressions"] = _sorted_unique(selector["matchExpressions"])
+    return data
+
+
+def policy_version(spec: PolicySpec) -> str:
+    """Short hash of the canonical spec: changes whenever the rules change."""
+    text = json.dumps(canonical_spec(spec), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:VERSION_LENGTH]
+
+
+# ----------------------------------------------------------------------- egress --
+
+
+def to_mapped(network: Network) -> ipaddress.IPv6Network:
+    """IPv4 networks as IPv4-mapped IPv6 (``10.0.0.0/8`` -> ``::ffff:a00:0/104``)."""
+    if isinstance(network, ipaddress.IPv4Network):
+        address = int(V4_MAPPED.network_address) | int(network.network_address)
+        return ipaddress.IPv6Network((address, 96 + network.prefixlen))
+    return network
+
+
+def is_ipv4(network: ipaddress.IPv6Network) -> bool:
+    """True for an IPv4-mapped network (one that only holds IPv4 destinations)."""
+    return network.prefixlen >= V4_MAPPED.prefixlen and network.subnet_of(V4_MAPPED)
+
+
+def display_network(network: ipaddress.IPv6Network) -> str:
+    """An entry's network as a user wrote it: IPv4-mapped networks in IPv4 notation."""
+    if is_ipv4(network):
+        v4 = ipaddress.IPv4Network(
+            (int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96)
+        )
+        return str(v4)
+    return str(network)
+
+
+def merge_ranges(rules: Iterable[PortRule]) -> tuple[PortRule, ...]:
+    """The fewest ranges allowing exactly what ``rules`` allow, sorted.
+
+    Per protocol, overlapping and adjacent ranges are merged; a range that ends up the
+    same for several protocols becomes one range with those protocols.
+    """
+    rules = list(rules)
+    by_span: dict[tuple[int, int], Proto] = {}
+    for bit in Proto:
+        spans = sorted((r.lo, r.hi) for r in rules if r.protocols & bit)
+        merged: list[tuple[int, int]] = []
+        for lo, hi in spans:
+            if merged and lo <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+            else:
+                merged.append((lo, hi))
+        for span in merged:
+            by_span[span] = by_span.get(span, Proto(0)) | bit
+    return tuple(
+        PortRule(lo, hi, protocols)
+        for (lo, hi), protocols in sorted(by_span.items(), key=lambda i: (*i[0], int(i[1])))
+    )
+
+
+def rule_ranges(rule: EgressRule) -> list[PortRule]:
+    """The port ranges one rule allows (all ports when it lists none)."""
+    if rule.ports is None:
+        return [PortRule(*ALL_PORTS, _PROTOCOLS_ALL_PORTS[rule.protocol])]
+    protocols = _PROTOCOLS_WITH_PORTS[rule.protocol]
+    return [PortRule(p.lo, p.hi, protocols) for p in rule.ports]
+
+
+@dataclass
+class _Group:
+    """The rules of one network (one LPM entry)."""
+
+    network: ipaddress.IPv6Network
+    rule_indexes: list[int] = field(default_factory=list)
+    ranges: list[PortRule] = field(default_factory=list)
+
+    @property
+    def ipv4(self) -> bool:
+        return is_ipv4(self.network)
+
+
+def _group_rules(rules: Sequence[EgressRule]) -> dict[ipaddress.IPv6Network, _Group]:
+    groups: dict[ipaddress.IPv6Network, _Group] = {}
+    for index, rule in enumerate(rules):
+        network = to_mapped(rule.cidr)
+        group = groups.setdefault(network, _Group(network))
+        group.rule_indexes.append(index)
+        group.ranges.extend(rule_ranges(rule))
+    ipv6_covers_ipv4 = any(not g.ipv4 and V4_MAPPED.subnet_of(g.network) for g in groups.values())
+    if ipv6_covers_ipv4 and V4_MAPPED not in groups:
+        groups[V4_MAPPED] = _Group(V4_MAPPED)  # no ranges: IPv4 denied unless allowed
+    return groups
+
+
+def _ancestors(group: _Group, groups: Iterable[_Group]) -> list[_Group]:
+    """Shorter networks of the same family containing ``group``'s network."""
+    return [
+        other
+        for other in groups
+        if other is not group
+        and other.ipv4 == group.ipv4
+        and other.network.prefixlen < group.network.prefixlen
+        and group.network.subnet_of(other.network)
+    ]
+
+
+def _too_many_ranges(
+    policy: AgentPolicy, group: _Group, ancestors: list[_Group], count: int
+) -> PolicyProblem:
+    message = (
+        f"{display_network(group.network)} needs {count} port ranges, but the kernel holds "
+        f"at most {MAX_PORT_RANGES} per network"
+    )
+    inherited = [display_network(a.network) for a in ancestors if a.ranges]
+    if inherited:
+        message += f" (counting those inherited from the enclosing {', '.join(inherited)})"
+    message += (
+        "; merge neighbouring ports into ranges (e.g. '8000-8100'), use protocol 'any' for "
+        "ports that are open for both TCP and UDP, or allow fewer ports on this network"
+    )
+    index = min(group.rule_indexes, default=0)  # only barrier entries have no rule
+    return policy.problem_at((*_EGRESS_PATH, index), message)
+
+
+def compile_egress(policy: AgentPolicy) -> tuple[EgressEntry, ...] | None:
+    """LPM entries of the policy's egress rules; None when egress is not restricted."""
+    if policy.spec.egress is None:
+        return None
+    groups = _group_rules(policy.spec.egress.allow)
+    entries: list[EgressEntry] = []
+    problems: list[PolicyProblem] = []
+    for group in groups.values():
+        ancestors = _ancestors(group, groups.values())
+        ranges = merge_ranges([*group.ranges, *(r for a in ancestors for r in a.ranges)])
+        if len(ranges) > MAX_PORT_RANGES:
+            problems.append(_too_many_ranges(policy, group, ancestors, len(ranges)))
+        entries.append(EgressEntry(group.network, ranges))
+    if problems:
+        raise PolicyError(problems)
+    entries.sort(key=lambda e: (int(e.network.network_address), e.network.prefixlen))
+    return tuple(entries)
+
+
+# ------------------------------------------------------------------------- exec --
+
+
+def _exec_entry(literal: str, kind: ExecKind) -> ExecEntry:
+    prefix = literal.encode("utf-8")
+    return ExecEntry(prefix + b"\0" if kind is ExecKind.EXACT else prefix, kind)
+
+
+def _covered_by_subtree(entry: ExecEntry, subtrees: Iterable[bytes]) -> bool:
+    return any(
+        entry.prefix.startswith(prefix)
+        and (entry.kind is not ExecKind.SUBTREE or entry.prefix != prefix)
+        for prefix in subtrees
+    )
+
+
+def compile_exec(spec: ExecSpec | None) -> tuple[ExecEntry, ...] | None:
+    """LPM entries of the exec allow list; None when exec is not restricted."""
+    if spec is None:
+        return None
+    entries = {_exec_entry(p.literal, p.kind) for p in spec.allow}
+    subtrees = [e.prefix for e in entries if e.kind is ExecKind.SUBTREE]
+    kept = [e for e in entries if not _covered_by_subtree(e, subtrees)]
+    return tuple(sorted(kept, key=lambda e: (e.prefix, int(e.kind))))
+
+
+# ------------------------------------------------------------------------ public --
+
+
+def compile_policy(policy: AgentPolicy) -> CompiledPolicy:
+    """Compile one policy; PolicyError (located when the policy came from a file) if the
+    kernel cannot hold it."""
+    return CompiledPolicy(
+        name=policy.name,
+        uid=policy_uid(policy.name),
+        version=policy_version(policy.spec),
+        mode=policy.spec.mode,
+        egress=compile_egress(policy),
+        exec=compile_exec(policy.spec.exec),
+    )
+
+
+def compile_policies(policies: Iterable[AgentPolicy]) -> list[CompiledPolicy]:
+    """Compile every policy, or raise one PolicyError with every problem of all of them
+    (including names used twice)."""
+    policies = list(policies)
+    problems = duplicate_name_problems(policies)
+    compiled: list[CompiledPolicy] = []
+    for policy in policies:
+        try:
+            compiled.append(compile_policy(policy))
+        except PolicyError as err:
+            problems.extend(err.problems)
+    if problems:
+        raise PolicyError(problems)
+    return compiled

@@ -1,0 +1,266 @@
+"""`nodeguard run`: one command in a fresh cgroup under one policy, from its first instruction.
+
+Order matters: the policy is parsed and compiled before anything touches the kernel; the
+cgroup is created and guarded before the command is started; the command's process
+joins the cgroup between fork and exec (so even its own exec is checked). On the way out,
+whatever the command left in the cgroup is killed, the ring buffer is drained, the
+aggregates are flushed so every attempt is counted, and everything is detached and
+removed, also after Ctrl-C, SIGTERM or an error.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+from nodeguard import log
+from nodeguard.bpf.guard import Guard, GuardLimits
+from nodeguard.errors import CommandError, NodeguardError
+from nodeguard.events.aggregate import CountTracker
+from nodeguard.events.build import ViolationBuilder
+from nodeguard.events.clock import MonotonicClock
+from nodeguard.events.decode import DecodeStats, decode
+from nodeguard.events.model import PolicyRef, Violation
+from nodeguard.events.ocsf import to_json_line
+from nodeguard.policy import compile_policy, load_policy_file
+from nodeguard.policy.compiled import CompiledPolicy, Mode
+from nodeguard.runner.cgroup import create_run_cgroup, remove_run_cgroup, sweep_stale
+from nodeguard.runner.preflight import preflight, require_root
+from nodeguard.runner.report import RunReport, describe_violation, render_summary
+
+EXIT_VIOLATION = 3
+POLL_MS = 100
+SIGINT_GRACE_S = 2.0  # Ctrl-C from a terminal already reached the command's process group
+STOP_GRACE_S = 5.0  # after forwarding a signal, wait this long before killing the cgroup
+
+_log = log.get("nodeguard.runner")
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    policy_file: Path
+    command: list[str]
+    policy_name: str | None = None
+    mode: Mode | None = None
+    events: str | None = None  # path, "-" for stdout, None for none
+    fail_on_violation: bool = False
+    quiet: bool = False
+    limits: GuardLimits = field(default_factory=GuardLimits)
+
+
+def select_policy(path: Path, name: str | None) -> CompiledPolicy:
+    policies = load_policy_file(path)
+    if name is not None:
+        chosen = [p for p in policies if p.metadata.name == name]
+        if not chosen:
+            names = ", ".join(p.metadata.name for p in policies)
+            raise NodeguardError(f"{path}: no policy named {name!r}", fix=f"choose one of: {names}")
+        return compile_policy(chosen[0])
+    if len(policies) > 1:
+        names = ", ".join(p.metadata.name for p in policies)
+        raise NodeguardError(
+            f"{path} holds {len(policies)} policies ({names})",
+            fix="pick one with --name NAME",
+        )
+    return compile_policy(policies[0])
+
+
+def resolve_command(command: list[str]) -> str:
+    """Absolute path of the program, as the exec allowlist will see it."""
+    if not command:
+        raise CommandError("no command given", fix="nodeguard run --policy FILE -- CMD [ARG...]")
+    prog = command[0]
+    found = prog if "/" in prog else shutil.which(prog)
+    if found is None or not os.access(found, os.X_OK) or os.path.isdir(found):
+        raise CommandError(
+            f"command not found or not executable: {prog}",
+            fix="give a path, or a program name that is on PATH",
+        )
+    return os.path.abspath(found)
+
+
+def _open_events(target: str | None) -> IO[str] | None:
+    if target is None:
+        return None
+    if target == "-":
+        return None  # stdout, handled by the writer
+    try:
+        return open(target, "a", encoding="utf-8", buffering=1)
+    except OSError as err:
+        raise NodeguardError(
+            f"cannot open the events file {target}: {err.strerror}",
+            fix="give a writable path, or '-' for stdout",
+        ) from err
+
+
+class _Signals:
+    """Turns SIGINT/SIGTERM/SIGHUP into flags the run loop acts on."""
+
+    WATCHED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self._previous: dict[int, object] = {}
+
+    def _handler(self, signum: int, _frame: FrameType | None) -> None:
+        self.received.append(signum)
+
+    def __enter__(self) -> _Signals:
+        for sig in self.WATCHED:
+            self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+
+class RunSession:
+    def __init__(self, opts: RunOptions) -> None:
+        self.opts = opts
+        self.report = RunReport()
+        self.stats = DecodeStats()
+        self._out: IO[str] | None = None
+        self._stdout = opts.events == "-"
+
+    # --------------------------------------------------------------- events ---
+    def _emit(self, violation: Violation) -> None:
+        self.report.add(violation)
+        line = to_json_line(violation)
+        if self._stdout:
+            print(line, flush=True)
+        elif self._out is not None:
+            self._out.write(line + "\n")
+        if not self.opts.quiet:
+            print(f"nodeguard: {describe_violation(violation)}", file=sys.stderr, flush=True)
+
+    def _on_record(self, builder: ViolationBuilder, data: bytes) -> None:
+        raw = decode(data, self.stats)
+        if raw is None:
+            return
+        violation = builder.from_record(raw)
+        if violation is not None:
+            self._emit(violation)
+
+    # ------------------------------------------------------------------ run ---
+    def run(self) -> int:
+        opts = self.opts
+        require_root()
+        compiled = select_policy(opts.policy_file, opts.policy_name)
+        executable = resolve_command(opts.command)
+        mount = preflight()
+        sweep_stale(mount)
+        self._out = _open_events(opts.events)
+        mode: Mode = opts.mode or compiled.mode
+        self.report.policy = compiled
+        self.report.mode = mode
+
+        guard: Guard | None = None
+        cgroup: Path | None = None
+        try:
+            guard = Guard(opts.limits)
+            policy_id = guard.load_policy(compiled)
+            cgroup = create_run_cgroup(mount)
+            guard.guard(mount, cgroup, policy_id, mode)
+            ref = PolicyRef(
+                name=compiled.name, uid=compiled.uid, version=compiled.version, mode=mode
+            )
+            builder = ViolationBuilder(
+                policies={policy_id: ref},
+                clock=MonotonicClock(),
+                tracker=CountTracker(),
+                node=socket.gethostname(),
+                enrich=True,
+            )
+            guard.on_record(lambda data: self._on_record(builder, data))
+            _log.info("run_started", policy=compiled.name, mode=mode, cgroup=str(cgroup))
+            status = self._supervise(guard, cgroup, executable)
+            # Final accounting: every attempt the kernel counted becomes part of a record.
+            guard.drain()
+            for key, value in guard.aggregates():
+                residual = builder.from_residual(key, value)
+                if residual is not None:
+                    self._emit(residual)
+            self.report.kernel = guard.counters()
+            self.report.undecodable = self.stats.unknown_op + self.stats.malformed
+        finally:
+            if guard is not None:
+                guard.close()
+            if cgroup is not None:
+                remove_run_cgroup(mount, cgroup)
+            if self._out is not None:
+                self._out.close()
+
+        self.report.exit_status = status
+        if not opts.quiet or self.report.attempts:
+            print(render_summary(self.report), file=sys.stderr, flush=True)
+        if opts.fail_on_violation and self.report.attempts:
+            return EXIT_VIOLATION
+        return status
+
+    def _supervise(self, guard: Guard, cgroup: Path, executable: str) -> int:
+        procs = cgroup / "cgroup.procs"
+
+        def join_cgroup() -> None:  # runs in the child between fork and exec
+            with open(procs, "w") as f:
+                f.write("0")
+
+        with _Signals() as signals:
+            try:
+                child = subprocess.Popen(
+                    self.opts.command,
+                    executable=executable,
+                    # safe: nodeguard runs no threads; the child must be in the cgroup
+                    # before exec (no posix_spawn/clone3 cgroup option in Python)
+                    preexec_fn=join_cgroup,  # noqa: PLW1509
+                )
+            except (OSError, subprocess.SubprocessError) as err:
+                raise CommandError(f"cannot start {self.opts.command[0]}: {err}") from err
+            forward_at: float | None = None
+            kill_at: float | None = None
+            while True:
+                guard.poll(POLL_MS)
+                status = child.poll()
+                if status is not None:
+                    break
+                now = time.monotonic()
+                while signals.received:
+                    sig = signals.received.pop(0)
+                    if kill_at is not None:  # second signal: stop now
+                        kill_at = now
+                    elif sig == signal.SIGINT:
+                        forward_at = now + SIGINT_GRACE_S
+                        kill_at = now + SIGINT_GRACE_S + STOP_GRACE_S
+                    else:
+                        child.send_signal(sig)
+                        kill_at = now + STOP_GRACE_S
+                    _log.info("run_signal", signal=signal.Signals(sig).name)
+                if forward_at is not None and now >= forward_at:
+                    child.send_signal(signal.SIGINT)
+                    forward_at = None
+                if kill_at is not None and now >= kill_at:
+                    _kill_cgroup(cgroup)
+                    kill_at = None
+            # What the command left behind (daemons, stragglers) does not outlive the run.
+            _kill_cgroup(cgroup)
+            guard.poll(0)
+        return status if status >= 0 else 128 - status
+
+
+def _kill_cgroup(cgroup: Path) -> None:
+    from nodeguard.identity.cgroupfs import kill_all  # noqa: PLC0415
+
+    kill_all(cgroup)
+
+
+def run(opts: RunOptions) -> int:
+    return RunSession(opts).run()
