@@ -135,7 +135,7 @@ def bench_null_syscall(bins: dict[str, Path], quick: bool) -> Comparison:
         for _ in range(rounds):
             base_ns.append(run_loop(outside, argv))
             with Guard() as guard:
-                policy_id = guard.load_policy(_policy("null", ["127.0.0.1/32"], ["/usr/bin/true"]))
+                policy_id = guard.load_policy(_policy("null-syscall", ["127.0.0.1/32"], ["/usr/bin/true"]))
                 guard.guard(mount, other, policy_id)
                 loaded_ns.append(run_loop(outside, argv))
     import statistics  # noqa: PLC0415
