@@ -12,7 +12,12 @@ import platform
 import sys
 import time
 
-from bench.guard_bench import bench_connect, bench_fork_exec, bench_null_syscall
+from bench.guard_bench import (
+    bench_connect,
+    bench_fork_exec,
+    bench_hook_floor,
+    bench_null_syscall,
+)
 from bench.harness import BENCH_DIR, Comparison, build_binaries
 
 
@@ -43,6 +48,7 @@ def main() -> int:
     results: list[Comparison] = []
     started = time.time()
     if args.only in (None, "connect"):
+        results.append(bench_hook_floor(bins, args.quick))
         results += bench_connect(bins, args.quick)
     if args.only in (None, "forkexec"):
         results.append(bench_fork_exec(bins, args.quick))

@@ -5,6 +5,7 @@ nodeguard loaded vs not. Run as root: ``python -m bench`` (or ``make bench``).""
 from __future__ import annotations
 
 import ipaddress
+import os
 import random
 from pathlib import Path
 
@@ -16,11 +17,16 @@ from bench.harness import (
     compare,
     run_loop,
 )
-from nodeguard.bpf.guard import Guard
+from nodeguard.bpf.guard import (
+    ATTACH_INET4_CONNECT,
+    PROG_TYPE_CGROUP_SOCK_ADDR,
+    Guard,
+    import_bcc,
+)
 from nodeguard.policy import compile_policy, load_policy_text
 from nodeguard.policy.compiled import CompiledPolicy
 
-UDP_CONNECTS = 200_000
+UDP_CONNECTS = 300_000
 TCP_CONNECTS = 10_000
 FORK_EXECS = 1_000
 NULL_SYSCALLS = 5_000_000
@@ -63,7 +69,7 @@ def bench_connect(bins: dict[str, Path], quick: bool) -> list[Comparison]:
     results: list[Comparison] = []
     mount = cgroup_mount()
     listener = LoopbackListener()
-    rounds = 3 if quick else 7
+    rounds = 3 if quick else 9
     try:
         with Guard() as guard, bench_cgroup("base") as base, bench_cgroup("guarded") as guarded:
             for n in (1, 1_000, 10_000):
@@ -106,6 +112,37 @@ def bench_connect(bins: dict[str, Path], quick: bool) -> list[Comparison]:
     return results
 
 
+FLOOR_SOURCE = Path(__file__).with_name("floor.bpf.c")
+
+
+def bench_hook_floor(bins: dict[str, Path], quick: bool) -> Comparison:
+    """The kernel's fixed cost of any cgroup connect hook: an empty program vs none."""
+    bcc = import_bcc()
+    bpf = bcc.BPF(src_file=str(FLOOR_SOURCE).encode())
+    fn = bpf.load_func(
+        b"floor_connect4", PROG_TYPE_CGROUP_SOCK_ADDR, attach_type=ATTACH_INET4_CONNECT
+    )
+    udp = [str(bins["connect_loop"]), "udp", "127.0.0.1", "9", str(UDP_CONNECTS)]
+    try:
+        with bench_cgroup("base") as base, bench_cgroup("floor") as floor:
+            fd = os.open(floor, os.O_RDONLY | os.O_DIRECTORY)
+            bcc.BPF.attach_func(fn, fd, ATTACH_INET4_CONNECT)
+            try:
+                return compare(
+                    "connect() UDP, empty cgroup hook (kernel floor, not nodeguard)",
+                    lambda: run_loop(base, udp),
+                    lambda: run_loop(floor, udp),
+                    rounds=3 if quick else 9,
+                    goal_max_ratio=None,
+                    note="what any cgroup connect4 program costs: the part nodeguard cannot remove",
+                )
+            finally:
+                bcc.BPF.detach_func(fn, fd, ATTACH_INET4_CONNECT)
+                os.close(fd)
+    finally:
+        bpf.cleanup()
+
+
 def bench_fork_exec(bins: dict[str, Path], quick: bool) -> Comparison:
     mount = cgroup_mount()
     loop = bins["forkexec_loop"]
@@ -135,7 +172,9 @@ def bench_null_syscall(bins: dict[str, Path], quick: bool) -> Comparison:
         for _ in range(rounds):
             base_ns.append(run_loop(outside, argv))
             with Guard() as guard:
-                policy_id = guard.load_policy(_policy("null-syscall", ["127.0.0.1/32"], ["/usr/bin/true"]))
+                policy_id = guard.load_policy(
+                    _policy("null-syscall", ["127.0.0.1/32"], ["/usr/bin/true"])
+                )
                 guard.guard(mount, other, policy_id)
                 loaded_ns.append(run_loop(outside, argv))
     import statistics  # noqa: PLC0415

@@ -83,9 +83,14 @@ class Comparison:
     goal_max_ratio: float | None
     rounds: int
     note: str = ""
+    paired_ratio: float | None = None  # median of per-round subject/baseline ratios
 
     @property
     def ratio(self) -> float:
+        """Median of the per-round ratios (robust to drift between rounds), else the
+        ratio of the medians."""
+        if self.paired_ratio is not None:
+            return self.paired_ratio
         return self.subject_ns / self.baseline_ns
 
     @property
@@ -121,6 +126,7 @@ def compare(
 ) -> Comparison:
     base: list[float] = []
     subj: list[float] = []
+    ratios: list[float] = []
     for i in range(rounds):
         # alternate the order too, so neither side always runs "warm"
         if i % 2 == 0:
@@ -129,10 +135,12 @@ def compare(
         else:
             subj.append(subject())
             base.append(baseline())
+        ratios.append(subj[-1] / base[-1])
     return Comparison(
         name=name,
         baseline_ns=statistics.median(base),
         subject_ns=statistics.median(subj),
+        paired_ratio=statistics.median(ratios),
         goal_max_ratio=goal_max_ratio,
         rounds=rounds,
         note=note,

@@ -29,6 +29,12 @@
  * space when it guards or unguards a cgroup. */
 BPF_HASH(cgroup_policy, u64, struct ng_cgroup_policy, NG_MAX_CGROUPS);
 
+/* Fast path for the egress hooks: per (guarded cgroup, attach type) storage holding that
+ * cgroup's policy, reached with bpf_get_local_storage (a pointer, no lookup), also from
+ * sub-cgroups. Created by the kernel when a program is attached, written by user space
+ * right after; until then flags lack NG_POLICY_ACTIVE and the hooks use cgroup_policy. */
+BPF_CGROUP_STORAGE(egress_policy, struct ng_cgroup_policy);
+
 /* [0] -> bitmask of cgroup levels (depth below the root) that hold a guarded cgroup, so a
  * process in a sub-cgroup of a guarded cgroup is found through its ancestor at that level.
  * Written by user space. */
@@ -173,8 +179,11 @@ static __always_inline int ng_ports_allow(struct ng_port_set *ps, u16 port, u8 p
 /* Returns the sock_addr verdict: 1 lets the call through, 0 fails it with EPERM. */
 static __always_inline int ng_egress(struct bpf_sock_addr *ctx, int v6, u8 hook)
 {
-	u64 cgid;
-	struct ng_cgroup_policy *pol = ng_current_policy(&cgid);
+	u64 cgid = 0;
+	/* BCC declares get_local_storage as returning int; the helper returns the pointer */
+	struct ng_cgroup_policy *pol = (struct ng_cgroup_policy *)(long)egress_policy.get_local_storage(0);
+	if (!(pol->flags & NG_POLICY_ACTIVE))
+		pol = ng_current_policy(&cgid);
 	if (!pol || !(pol->flags & NG_POLICY_EGRESS))
 		return 1;
 
@@ -203,6 +212,8 @@ static __always_inline int ng_egress(struct bpf_sock_addr *ctx, int v6, u8 hook)
 		return 1;
 
 	/* violation */
+	if (!cgid)
+		cgid = bpf_get_current_cgroup_id();
 	u64 now = bpf_ktime_get_ns();
 	int audit = pol->flags & NG_POLICY_AUDIT;
 	ng_count(NG_CNT_VIOLATIONS);

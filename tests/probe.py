@@ -5,6 +5,8 @@ Runs under the guard with the system python and the standard library only. Actio
   repeat N ACTION ARGS...   (bounded loop of the same attempt)
   exec PATH [ARGS...]       (run a program, report its exit status; must be last)
   spawn-grandchild PATH ARGS...  (sh -> sh -> PATH; must be last)
+  join-subcgroup NAME       (make a sub-cgroup of its own cgroup and move into it)
+  distinct-udp HOST FIRST_PORT N  (N sendto()s, each to another port: N aggregation keys)
 --netns PATH joins that network namespace first (the client side of tests/netlab.py).
 """
 
@@ -74,6 +76,23 @@ def main(argv: list[str]) -> int:
             n, sub, host, port = int(argv.pop(0)), argv.pop(0), argv.pop(0), int(argv.pop(0))
             errs = [attempt(sub, host, port) for _ in range(n)]
             report(action="repeat", sub=sub, n=n, eperm=errs.count(errno.EPERM), ok=errs.count(0))
+        elif action == "join-subcgroup":
+            name = argv.pop(0)
+            with open("/proc/self/cgroup") as f:
+                rel = f.read().split("0::", 1)[1].split("\n", 1)[0]
+            with open("/proc/self/mountinfo") as f:
+                mount = next(
+                    line.split()[4] for line in f if line.split(" - ")[1].startswith("cgroup2 ")
+                )
+            sub = os.path.join(mount + rel, name)
+            os.mkdir(sub)
+            with open(os.path.join(sub, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+            report(action="join-subcgroup", cgroup=rel + "/" + name)
+        elif action == "distinct-udp":
+            host, first, n = argv.pop(0), int(argv.pop(0)), int(argv.pop(0))
+            errs = [attempt("udp-sendto", host, first + i) for i in range(n)]
+            report(action="distinct-udp", n=n, eperm=errs.count(errno.EPERM), ok=errs.count(0))
         elif action == "exec":
             r = subprocess.run(argv, check=False)
             report(action="exec", path=argv[0], status=r.returncode)

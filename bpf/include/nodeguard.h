@@ -33,6 +33,7 @@
 #define NG_POLICY_AUDIT        (1u << 0) /* report, never block */
 #define NG_POLICY_EGRESS       (1u << 1) /* policy restricts egress (spec.egress present) */
 #define NG_POLICY_EXEC         (1u << 2) /* policy restricts exec (spec.exec present) */
+#define NG_POLICY_ACTIVE       (1u << 3) /* set in cgroup storage once user space wrote it */
 
 /* ---- protocol bits (struct ng_port_range.protocols) ---- */
 #define NG_PROTO_TCP (1u << 0)

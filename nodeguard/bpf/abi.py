@@ -22,6 +22,7 @@ class PolicyFlag(IntFlag):
     AUDIT = 1 << 0
     EGRESS = 1 << 1
     EXEC = 1 << 2
+    ACTIVE = 1 << 3  # in cgroup storage: written by user space (zeroed storage = not yet)
 
 
 class Proto(IntFlag):
@@ -71,6 +72,16 @@ class CgroupPolicy(ct.Structure):
     _fields_ = (
         ("policy_id", ct.c_uint32),
         ("flags", ct.c_uint32),
+    )
+
+
+class CgroupStorageKey(ct.Structure):
+    """UAPI ``struct bpf_cgroup_storage_key`` (linux/bpf.h), not part of nodeguard.h."""
+
+    _fields_ = (
+        ("cgroup_inode_id", ct.c_uint64),
+        ("attach_type", ct.c_uint32),
+        ("_pad", ct.c_uint32),
     )
 
 
@@ -198,6 +209,7 @@ CONSTANTS: dict[str, int] = {
     "NG_POLICY_AUDIT": PolicyFlag.AUDIT,
     "NG_POLICY_EGRESS": PolicyFlag.EGRESS,
     "NG_POLICY_EXEC": PolicyFlag.EXEC,
+    "NG_POLICY_ACTIVE": PolicyFlag.ACTIVE,
     "NG_PROTO_TCP": Proto.TCP,
     "NG_PROTO_UDP": Proto.UDP,
     "NG_PROTO_OTHER": Proto.OTHER,

@@ -216,6 +216,7 @@ class Guard:
             for attach_type, fn in self._fns.items():
                 self._bcc.BPF.attach_func(fn, fd, attach_type, BPF_F_ALLOW_MULTI)
                 entry.attached.append((fn, attach_type))
+            self._write_storage(cgid, value)
         except Exception as err:
             self.unguard(cgid)
             raise BpfLoadError(f"cannot attach the egress programs to {path}: {err}") from err
@@ -235,6 +236,29 @@ class Guard:
             del self.table("cgroup_policy")[ct.c_uint64(cgid)]
         self._write_levels()
         os.close(entry.fd)
+
+    def _write_storage(self, cgid: int, value: abi.CgroupPolicy) -> None:
+        """Fill the egress programs' cgroup storage (the fast path) for every attach type.
+
+        The kernel creates the storage on attach; the hooks use cgroup_policy until this
+        write lands, so there is no window without enforcement.
+        """
+        lib = self._bcc.libbcc.lib
+        fd = lib.bpf_table_fd(self._bpf.module, b"egress_policy")
+        stored = abi.CgroupPolicy(value.policy_id, value.flags | abi.PolicyFlag.ACTIVE)
+        for attach_type in self._fns:
+            key = abi.CgroupStorageKey(cgroup_inode_id=cgid, attach_type=attach_type)
+            res = lib.bpf_update_elem(
+                fd,
+                ct.cast(ct.pointer(key), ct.c_void_p),
+                ct.cast(ct.pointer(stored), ct.c_void_p),
+                0,
+            )
+            if res < 0:
+                raise BpfLoadError(
+                    f"cannot write the egress policy storage of cgroup {cgid}: "
+                    f"{os.strerror(ct.get_errno())}"
+                )
 
     @property
     def guarded(self) -> dict[int, Path]:

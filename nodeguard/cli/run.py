@@ -25,6 +25,12 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--fail-on-violation", action="store_true", help="exit 3 when anything was violated"
     )
+    p.add_argument(
+        "--user",
+        metavar="NAME|UID",
+        help="run CMD as this user (default: the user who ran sudo, else the current user; "
+        "'--user root' keeps root)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no per-violation lines on stderr")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
     p.set_defaults(func=_run)
@@ -45,5 +51,6 @@ def _run(args: argparse.Namespace) -> int:
             events=args.events,
             fail_on_violation=args.fail_on_violation,
             quiet=args.quiet,
+            user=args.user,
         )
     )

@@ -80,6 +80,9 @@ def run_demo(console: Console | None = None) -> int:
                         str(work),
                     ],
                     events=str(events),
+                    # the demo agent joins the lab's network namespace itself (setns needs
+                    # root); a real agent should run unprivileged (the default under sudo)
+                    user="root",
                 )
             )
             status = session.run()

@@ -46,8 +46,8 @@ def find_cgroup2_mount(mountinfo: Path = MOUNTINFO) -> Path | None:
     return None
 
 
-def require_cgroup2_mount() -> Path:
-    mount = find_cgroup2_mount()
+def require_cgroup2_mount(mountinfo: Path = MOUNTINFO) -> Path:
+    mount = find_cgroup2_mount(mountinfo)
     if mount is None:
         raise CgroupError(
             "cgroup v2 is not mounted (no cgroup2 entry in /proc/self/mountinfo)",

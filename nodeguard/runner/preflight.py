@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 from nodeguard import log
+from nodeguard.bpf.guard import import_bcc
 from nodeguard.errors import KernelFeatureError, PrivilegeError
 from nodeguard.identity.cgroupfs import require_cgroup2_mount
 
@@ -24,8 +25,8 @@ def require_root() -> None:
         )
 
 
-def require_headers() -> Path:
-    build = Path(f"/lib/modules/{platform.release()}/build")
+def require_headers(release: str | None = None) -> Path:
+    build = Path(f"/lib/modules/{release or platform.release()}/build")
     if not (build / "include").is_dir():
         raise KernelFeatureError(
             f"kernel headers not found at {build} (BCC compiles the guard at start)",
@@ -58,6 +59,7 @@ def preflight() -> Path:
     """Run every check `nodeguard run` needs; returns the cgroup v2 mount."""
     require_root()
     mount = require_cgroup2_mount()
+    import_bcc()
     require_headers()
     ensure_tracefs()
     return mount

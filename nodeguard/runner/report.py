@@ -58,10 +58,14 @@ def render_summary(r: RunReport) -> str:
         )
     else:
         lines.append("nodeguard: no violations")
-    lost = r.kernel.get("ringbuf_full", 0)
+    k = r.kernel
+    lost = k.get("ringbuf_full", 0)
+    lines.append(
+        f"nodeguard: kernel counted {k.get('violations', 0):,} attempts, wrote "
+        f"{k.get('events_emitted', 0):,} records, folded {k.get('aggregated', 0):,} into "
+        f"aggregates; lost records: {lost:,} (ring buffer full), undecodable: "
+        f"{r.undecodable:,}"
+    )
     if lost or r.undecodable:
-        lines.append(
-            f"nodeguard: {lost:,} records could not be written (ring buffer full) and "
-            f"{r.undecodable:,} could not be decoded; their attempts are still counted above"
-        )
+        lines.append("nodeguard: the attempts of lost records are still counted above")
     return "\n".join(lines)

@@ -34,6 +34,7 @@ from nodeguard.events.ocsf import to_json_line
 from nodeguard.policy import compile_policy, load_policy_file
 from nodeguard.policy.compiled import CompiledPolicy, Mode
 from nodeguard.runner.cgroup import create_run_cgroup, remove_run_cgroup, sweep_stale
+from nodeguard.runner.identity import RunAs, describe, resolve_user
 from nodeguard.runner.preflight import preflight, require_root
 from nodeguard.runner.report import RunReport, describe_violation, render_summary
 
@@ -54,6 +55,7 @@ class RunOptions:
     events: str | None = None  # path, "-" for stdout, None for none
     fail_on_violation: bool = False
     quiet: bool = False
+    user: str | None = None  # None: the sudo caller, else the current user
     limits: GuardLimits = field(default_factory=GuardLimits)
 
 
@@ -157,6 +159,7 @@ class RunSession:
         require_root()
         compiled = select_policy(opts.policy_file, opts.policy_name)
         executable = resolve_command(opts.command)
+        run_as = resolve_user(opts.user)
         mount = preflight()
         sweep_stale(mount)
         self._out = _open_events(opts.events)
@@ -182,8 +185,14 @@ class RunSession:
                 enrich=True,
             )
             guard.on_record(lambda data: self._on_record(builder, data))
-            _log.info("run_started", policy=compiled.name, mode=mode, cgroup=str(cgroup))
-            status = self._supervise(guard, cgroup, executable)
+            _log.info(
+                "run_started",
+                policy=compiled.name,
+                mode=mode,
+                cgroup=str(cgroup),
+                user=describe(run_as),
+            )
+            status = self._supervise(guard, cgroup, executable, run_as)
             # Final accounting: every attempt the kernel counted becomes part of a record.
             guard.drain()
             for key, value in guard.aggregates():
@@ -207,12 +216,13 @@ class RunSession:
             return EXIT_VIOLATION
         return status
 
-    def _supervise(self, guard: Guard, cgroup: Path, executable: str) -> int:
+    def _supervise(self, guard: Guard, cgroup: Path, executable: str, run_as: RunAs) -> int:
         procs = cgroup / "cgroup.procs"
 
         def join_cgroup() -> None:  # runs in the child between fork and exec
             with open(procs, "w") as f:
                 f.write("0")
+            run_as.apply()  # after joining: an unprivileged user could not join
 
         with _Signals() as signals:
             try:

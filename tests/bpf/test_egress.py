@@ -239,3 +239,14 @@ def test_thousand_forbidden_connects_aggregate(guarded: MakeGuarded, lab: NetLab
     records = [v for v in g.collect() if v.egress and v.egress.port == 443]
     assert sum(v.count for v in records) == 1000
     assert 1 <= len(records) <= 10, f"{len(records)} records for one repeated violation"
+
+
+def test_sub_cgroup_of_a_guarded_cgroup_stays_guarded(guarded: MakeGuarded, lab: NetLab) -> None:
+    a, f = lab.hosts["allowed"], lab.hosts["forbidden"]
+    g = guarded(policy(f"      - {{cidr: {a.ip4}/32, ports: ['443'], protocol: tcp}}"))
+    r = probe(g, lab, "join-subcgroup", "inner", "tcp", a.ip4, "443", "tcp", f.ip4, "443")
+    assert r[0]["action"] == "join-subcgroup"
+    assert [x["errno"] for x in r[1:]] == [0, errno.EPERM]
+    (v,) = g.collect()
+    assert v.egress is not None and v.egress.ip == f.ip4
+    assert v.cgroup_id != g.cgid, "the record names the sub-cgroup the process lives in"

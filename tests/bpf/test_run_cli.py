@@ -290,3 +290,33 @@ def test_missing_command_is_a_clear_error(tmp_path: Path, lab: NetLab) -> None:
     )
     assert r.returncode == 2
     assert "command not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_command_runs_as_the_sudo_caller_by_default(tmp_path: Path, lab: NetLab) -> None:
+    import pwd  # noqa: PLC0415
+
+    nobody = pwd.getpwnam("nobody")
+    policy = tmp_path / "id.yaml"
+    policy.write_text(
+        "apiVersion: nodeguard.io/v1alpha1\nkind: AgentPolicy\nmetadata: {name: id}\n"
+        "spec:\n  exec: {allow: [/usr/bin/id]}\n"
+    )
+    env = {**os.environ, "SUDO_UID": str(nobody.pw_uid), "SUDO_GID": str(nobody.pw_gid)}
+    as_caller = subprocess.run(
+        [*NODEGUARD, "run", "--policy", str(policy), "--", "id", "-u"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert as_caller.stdout.strip() == str(nobody.pw_uid), as_caller.stderr
+    as_root = subprocess.run(
+        [*NODEGUARD, "run", "--policy", str(policy), "--user", "root", "--", "id", "-u"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert as_root.stdout.strip() == "0", as_root.stderr
