@@ -14,11 +14,15 @@
  *
  * Compile-time constants (validated by the loader, passed with -D):
  *   NG_MAX_CGROUPS, NG_EGRESS_MAX, NG_EXEC_MAX, NG_AGG_MAX, NG_RINGBUF_PAGES,
- *   NG_AGG_WINDOW_NS
+ *   NG_AGG_WINDOW_NS, and NG_PIN_DIR for the node agent (maps pinned: see ng_maps.h)
+ *
+ * The exec tracepoint is attached by the loader (not by BCC's auto-attach): as a plain
+ * perf event for `nodeguard run`, as a pinned BPF link for the agent.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/in.h>
 #include "nodeguard.h"
+#include "ng_maps.h"
 
 #define NG_AF_INET 2
 #define NG_AF_INET6 10
@@ -27,39 +31,39 @@
 
 /* cgroup id -> {policy id, flags}. Key: cgroup v2 id (directory inode). Written by user
  * space when it guards or unguards a cgroup. */
-BPF_HASH(cgroup_policy, u64, struct ng_cgroup_policy, NG_MAX_CGROUPS);
+NG_HASH(cgroup_policy, u64, struct ng_cgroup_policy, NG_MAX_CGROUPS);
 
 /* Fast path for the egress hooks: per (guarded cgroup, attach type) storage holding that
  * cgroup's policy, reached with bpf_get_local_storage (a pointer, no lookup), also from
  * sub-cgroups. Created by the kernel when a program is attached, written by user space
  * right after; until then flags lack NG_POLICY_ACTIVE and the hooks use cgroup_policy. */
-BPF_CGROUP_STORAGE(egress_policy, struct ng_cgroup_policy);
+NG_CGROUP_STORAGE(egress_policy, struct ng_cgroup_policy);
 
 /* [0] -> bitmask of cgroup levels (depth below the root) that hold a guarded cgroup, so a
  * process in a sub-cgroup of a guarded cgroup is found through its ancestor at that level.
  * Written by user space. */
-BPF_ARRAY(guarded_levels, u64, 1);
+NG_ARRAY(guarded_levels, u64, 1);
 
 /* (policy id, v4-mapped address prefix) -> allowed port ranges. LPM trie. Written by user
  * space from the compiled policy (ranges of containing prefixes already folded in). */
-BPF_LPM_TRIE(egress_rules, struct ng_egress_key, struct ng_port_set, NG_EGRESS_MAX);
+NG_LPM_TRIE(egress_rules, struct ng_egress_key, struct ng_port_set, NG_EGRESS_MAX);
 
 /* (policy id, path prefix) -> exec rule kind. LPM trie. Written by user space. */
-BPF_LPM_TRIE(exec_rules, struct ng_exec_key, struct ng_exec_rule, NG_EXEC_MAX);
+NG_LPM_TRIE(exec_rules, struct ng_exec_key, struct ng_exec_rule, NG_EXEC_MAX);
 
 /* Aggregation of repeated violations: key (cgroup, policy, op, destination / path hash) ->
  * cumulative count and times. Written by these programs; read (and deleted, for cgroups
  * that are gone) by user space, which turns cumulative counts into per-record deltas. */
-BPF_HASH(agg, struct ng_agg_key, struct ng_agg_value, NG_AGG_MAX);
+NG_HASH(agg, struct ng_agg_key, struct ng_agg_value, NG_AGG_MAX);
 
 /* NG_CNT_* -> count, per CPU. Written by these programs, summed by user space. */
-BPF_PERCPU_ARRAY(counters, u64, NG_CNT_MAX);
+NG_PERCPU_ARRAY(counters, u64, NG_CNT_MAX);
 
 /* [0] -> scratch exec key (too large for the BPF stack next to everything else). */
 BPF_PERCPU_ARRAY(exec_scratch, struct ng_exec_key, 1);
 
 /* Violation records (struct ng_egress_event / ng_exec_event) to user space. */
-BPF_RINGBUF_OUTPUT(events, NG_RINGBUF_PAGES);
+NG_RINGBUF(events, NG_RINGBUF_PAGES);
 
 static __always_inline void ng_count(u32 idx)
 {

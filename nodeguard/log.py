@@ -35,4 +35,8 @@ def configure(level: str = "info", json: bool | None = None) -> None:
 
 
 def get(name: str) -> Any:
+    """A logger; when nothing configured logging yet (library use, tests), logs go to
+    stderr at warning level rather than structlog's default of stdout at debug."""
+    if not structlog.is_configured():
+        configure("warning")
     return structlog.get_logger(name)

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes as ct
+import hashlib
 import os
+import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +27,7 @@ from types import TracebackType
 from typing import Any
 
 from nodeguard import log
-from nodeguard.bpf import abi, maps
+from nodeguard.bpf import abi, maps, syscalls
 from nodeguard.errors import BccMissingError, BpfLoadError, NodeguardError
 from nodeguard.identity.cgroupfs import assert_safe_target, cgroup_id, cgroup_level
 from nodeguard.policy.compiled import CompiledPolicy, Mode
@@ -32,6 +35,10 @@ from nodeguard.policy.compiled import CompiledPolicy, Mode
 BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 GUARD_SOURCE = BPF_DIR / "guard.bpf.c"
 BPF_F_ALLOW_MULTI = 1 << 1
+EXEC_TRACEPOINT = ("sched", "sched_process_exec")
+EXEC_FN = b"tracepoint__sched__sched_process_exec"
+BPFFS_MAGIC = 0xCAFE4A11
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./-]+$")
 
 # attach type numbers from uapi/linux/bpf.h (enum bpf_attach_type)
 ATTACH_INET4_CONNECT = 10
@@ -61,7 +68,7 @@ class GuardLimits:
     ringbuf_pages: int = 256  # 1 MiB with 4 KiB pages; must be a power of two
     agg_window_ms: int = 1000
 
-    def cflags(self) -> list[str]:
+    def cflags(self, pin_dir: Path | None = None) -> list[str]:
         for name in ("max_cgroups", "egress_max", "exec_max", "agg_max", "agg_window_ms"):
             value = getattr(self, name)
             if not isinstance(value, int) or not 1 <= value <= 1 << 24:
@@ -80,6 +87,7 @@ class GuardLimits:
             f"-DNG_RINGBUF_PAGES={pages}",
             f"-DNG_AGG_WINDOW_NS={self.agg_window_ms * 1_000_000}ULL",
             "-Wno-unused-function",
+            *([f'-DNG_PIN_DIR="{pin_dir}"'] if pin_dir is not None else []),
         ]
 
 
@@ -91,6 +99,7 @@ class _Guarded:
     fd: int
     policy_id: int
     attached: list[tuple[Any, int]] = field(default_factory=list)
+    adopted: list[int] = field(default_factory=list)  # attach types found already attached
 
 
 def import_bcc() -> Any:
@@ -105,16 +114,91 @@ def import_bcc() -> Any:
     return bcc
 
 
-class Guard:
-    """One loaded copy of the guard programs and maps."""
+def program_version(limits: GuardLimits) -> str:
+    """Hash of everything that shapes the programs and maps: a pinned set is adopted only
+    by an agent whose programs are identical (same sources, same limits)."""
+    h = hashlib.sha256()
+    for path in [*sorted((BPF_DIR / "include").glob("*.h")), GUARD_SOURCE]:
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    h.update(" ".join(limits.cflags()).encode())
+    return f"v{abi.ABI_VERSION}-{h.hexdigest()[:12]}"
 
-    def __init__(self, limits: GuardLimits | None = None) -> None:
+
+def _is_bpffs(path: Path) -> bool:
+    buf = ct.create_string_buffer(120)  # struct statfs; f_type is the first field
+    libc = ct.CDLL(None, use_errno=True)
+    if libc.statfs(os.fsencode(path), buf) != 0:
+        return False
+    return int.from_bytes(buf.raw[:8], "little") == BPFFS_MAGIC
+
+
+def prepare_pin_dir(root: Path, version: str) -> Path:
+    """``root/<version>``, created on a bpffs. Raises with the fix when root is unusable."""
+    if not _SAFE_PATH.match(str(root)) or ".." in root.parts:
+        raise NodeguardError(
+            f"pin directory {root} must be an absolute path of [A-Za-z0-9_./-] characters"
+        )
+    if not root.exists():
+        parent = root.parent
+        if not _is_bpffs(parent):
+            raise NodeguardError(
+                f"{parent} is not a BPF filesystem, so {root} cannot hold pinned maps",
+                fix="mount -t bpf bpf /sys/fs/bpf (scripts/setup.sh does; in Kubernetes "
+                "mount the host's /sys/fs/bpf into the agent pod)",
+            )
+        root.mkdir(mode=0o700)
+    elif not _is_bpffs(root):
+        raise NodeguardError(
+            f"{root} is not on a BPF filesystem", fix="mount -t bpf bpf /sys/fs/bpf"
+        )
+    pin = root / version
+    pin.mkdir(mode=0o700, exist_ok=True)
+    (pin / "links").mkdir(mode=0o700, exist_ok=True)
+    return pin
+
+
+def stale_pin_sets(root: Path, version: str) -> list[Path]:
+    """Pinned sets of other program versions (left by an older agent) under ``root``."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name != version)
+
+
+def _bpf_class(bcc: Any) -> Any:
+    class NoAutoAttachBPF(bcc.BPF):  # type: ignore[misc]
+        """bcc.BPF that does not attach tracepoint__* functions by itself: nodeguard
+        attaches the exec tracepoint as a plain perf event or as a pinned link."""
+
+        def _trace_autoload(self) -> None:
+            return None
+
+    return NoAutoAttachBPF
+
+
+class Guard:
+    """One loaded copy of the guard programs and maps.
+
+    ``pin_root`` (the node agent): maps, the ring buffer and the exec tracepoint link are
+    pinned under ``pin_root/<program version>``; cgroup attachments stay in the kernel by
+    themselves. A Guard created later with the same version adopts all of it: it reads the
+    same ring buffer (records written while no agent ran are still there), finds the
+    exec link in place and never attaches a second copy to a cgroup that has one.
+    :meth:`close` then leaves enforcement running; :meth:`teardown` removes everything.
+    """
+
+    def __init__(self, limits: GuardLimits | None = None, pin_root: Path | None = None) -> None:
         self.limits = limits or GuardLimits()
         bcc = import_bcc()
         self._bcc = bcc
-        cflags = self.limits.cflags()
+        self.version = program_version(self.limits)
+        self.pin_root = pin_root
+        self.pin_dir = prepare_pin_dir(pin_root, self.version) if pin_root else None
+        self.adopted = False  # pinned state from an earlier agent was found and reused
+        cflags = self.limits.cflags(self.pin_dir)
+        if self.pin_dir is not None:
+            self.adopted = (self.pin_dir / "links" / "exec").exists()
         try:
-            self._bpf: Any = bcc.BPF(src_file=str(GUARD_SOURCE).encode(), cflags=cflags)
+            self._bpf: Any = _bpf_class(bcc)(src_file=str(GUARD_SOURCE).encode(), cflags=cflags)
         except Exception as err:
             raise BpfLoadError(
                 f"cannot compile/load {GUARD_SOURCE.name}: {err}",
@@ -131,9 +215,55 @@ class Guard:
             raise BpfLoadError(f"cannot load cgroup sock_addr program: {err}") from err
         self._guarded: dict[int, _Guarded] = {}
         self._policies: dict[int, CompiledPolicy] = {}
-        self._next_policy_id = 1
+        self._next_policy_id = 1 + max(self.policy_ids_in_maps(), default=0)
         self._closed = False
         self._ringbuf_open = False
+        try:
+            self._attach_exec()
+        except Exception as err:
+            self._bpf.cleanup()
+            raise BpfLoadError(f"cannot attach the exec tracepoint: {err}") from err
+
+    def _attach_exec(self) -> None:
+        if self.pin_dir is None:
+            self._bpf.attach_tracepoint(tp=b"sched:sched_process_exec", fn_name=EXEC_FN)
+            return
+        link_path = self.pin_dir / "links" / "exec"
+        if link_path.exists():
+            return  # adopted: the pinned link of an earlier agent keeps running
+        fn = self._bpf.load_func(EXEC_FN, self._bcc.BPF.TRACEPOINT)
+        perf_fd = syscalls.perf_event_open_tracepoint(syscalls.tracepoint_id(*EXEC_TRACEPOINT))
+        try:
+            link_fd = syscalls.link_create_perf_event(fn.fd, perf_fd)
+            try:
+                syscalls.obj_pin(link_fd, link_path)
+            finally:
+                os.close(link_fd)
+        finally:
+            os.close(perf_fd)
+
+    def policy_ids_in_maps(self) -> set[int]:
+        """Policy ids present in the kernel maps (pinned state of an earlier agent)."""
+        ids: set[int] = set()
+        for value in self.table("cgroup_policy").values():
+            ids.add(int(abi.CgroupPolicy.from_buffer_copy(bytes(value)).policy_id))
+        for name in ("egress_rules", "exec_rules"):
+            for key in self.table(name).keys():  # noqa: SIM118 - BCC tables iterate keys
+                ids.add(int.from_bytes(bytes(key)[4:8], "little"))
+        return ids
+
+    def gc_policies(self, keep: set[int]) -> int:
+        """Delete rule entries of policy ids not in ``keep`` (left by an earlier agent).
+        Returns how many entries were removed."""
+        removed = 0
+        for name in ("egress_rules", "exec_rules"):
+            table = self.table(name)
+            for key in list(table.keys()):
+                if int.from_bytes(bytes(key)[4:8], "little") not in keep:
+                    with contextlib.suppress(KeyError):
+                        del table[key]
+                        removed += 1
+        return removed
 
     # ------------------------------------------------------------------ maps ---
     def table(self, name: str) -> Any:
@@ -143,6 +273,8 @@ class Guard:
         """Write a compiled policy's rules under a new policy id. All or nothing."""
         policy_id = self._next_policy_id
         self._next_policy_id += 1
+        if policy_id >= 1 << 32:
+            raise BpfLoadError("policy ids exhausted; restart the agent with --reset-pins")
         written: list[tuple[Any, Any]] = []
         try:
             egress = self.table("egress_rules")
@@ -213,7 +345,12 @@ class Guard:
         try:
             self.table("cgroup_policy")[ct.c_uint64(cgid)] = value
             self._write_levels()
+            ours = {name for name, _ in EGRESS_PROGRAMS}
             for attach_type, fn in self._fns.items():
+                present = syscalls.attached_program_names(fd, attach_type)
+                if any(name in ours for _, name in present):
+                    entry.adopted.append(attach_type)  # attached by an earlier agent
+                    continue
                 self._bcc.BPF.attach_func(fn, fd, attach_type, BPF_F_ALLOW_MULTI)
                 entry.attached.append((fn, attach_type))
             self._write_storage(cgid, value)
@@ -222,6 +359,19 @@ class Guard:
             raise BpfLoadError(f"cannot attach the egress programs to {path}: {err}") from err
         _log.debug("cgroup_guarded", cgroup=str(path), cgroup_id=cgid, policy_id=policy_id)
         return cgid
+
+    def repoint(self, cgid: int, policy_id: int, mode: Mode | None = None) -> None:
+        """Move a guarded cgroup to another loaded policy: one 8-byte update of its hash
+        entry and of its storage, so each hook sees either the old or the new policy."""
+        entry = self._guarded[cgid]
+        if policy_id not in self._policies:
+            raise NodeguardError(f"policy id {policy_id} is not loaded")
+        value = abi.CgroupPolicy()
+        value.policy_id = policy_id
+        value.flags = int(self._policies[policy_id].flags(mode))
+        self.table("cgroup_policy")[ct.c_uint64(cgid)] = value
+        self._write_storage(cgid, value)
+        entry.policy_id = policy_id
 
     def unguard(self, cgid: int) -> None:
         entry = self._guarded.pop(cgid, None)
@@ -232,6 +382,8 @@ class Guard:
                 self._bcc.BPF.detach_func(fn, entry.fd, attach_type)
             except Exception as err:  # the cgroup may be gone already: that detaches too
                 _log.debug("detach_failed", cgroup=str(entry.path), error=str(err))
+        for attach_type in entry.adopted:
+            detach_ours(entry.fd, attach_type)
         with contextlib.suppress(KeyError):
             del self.table("cgroup_policy")[ct.c_uint64(cgid)]
         self._write_levels()
@@ -300,13 +452,28 @@ class Guard:
 
     # --------------------------------------------------------------- cleanup ---
     def close(self) -> None:
+        """Release this process's hold. Without pinning everything is detached; with
+        pinning enforcement stays in the kernel for the next agent to adopt."""
         if self._closed:
             return
         self._closed = True
-        for cgid in list(self._guarded):
-            self.unguard(cgid)
+        if self.pin_dir is None:
+            for cgid in list(self._guarded):
+                self.unguard(cgid)
+        else:
+            for entry in self._guarded.values():
+                os.close(entry.fd)
+            self._guarded.clear()
         with contextlib.suppress(Exception):
             self._bpf.cleanup()
+
+    def teardown(self) -> None:
+        """Detach from every cgroup this Guard knows, then remove the pinned set."""
+        for cgid in list(self._guarded):
+            self.unguard(cgid)
+        self.close()
+        if self.pin_dir is not None:
+            remove_pin_set(self.pin_dir)
 
     def __enter__(self) -> Guard:
         return self
@@ -318,3 +485,31 @@ class Guard:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def detach_ours(cgroup_fd: int, attach_type: int) -> int:
+    """Detach every nodeguard egress program attached to a cgroup for one attach type
+    (including ones an earlier agent attached). Returns how many were detached."""
+    ours = {name for name, _ in EGRESS_PROGRAMS}
+    done = 0
+    for prog_id, name in syscalls.attached_program_names(cgroup_fd, attach_type):
+        if name not in ours:
+            continue
+        try:
+            prog_fd = syscalls.prog_get_fd_by_id(prog_id)
+        except OSError:
+            continue
+        try:
+            syscalls.prog_detach(cgroup_fd, prog_fd, attach_type)
+            done += 1
+        except OSError as err:
+            _log.debug("detach_failed", prog_id=prog_id, error=str(err))
+        finally:
+            os.close(prog_fd)
+    return done
+
+
+def remove_pin_set(pin_dir: Path) -> None:
+    """Unpin a program version's maps and links (the exec link detaches with it)."""
+    if pin_dir.exists():
+        shutil.rmtree(pin_dir, ignore_errors=True)
