@@ -6,8 +6,9 @@
 #
 # What it does, skipping every step that is already done (a second run takes seconds):
 #   1. apt packages: BCC from the distribution (python3-bpfcc; the PyPI "bcc" is unrelated),
-#      compilers and the tools the tests use. `apt-get update` runs once, only if something
-#      has to be installed.
+#      compilers, the tools the tests use, and containerd + runc + CNI plugins + umoci +
+#      busybox-static for the node tests (tests/node start a private containerd of their
+#      own). `apt-get update` runs once, only if something has to be installed.
 #   2. kernel headers as /lib/modules/$(uname -r)/build, which BCC compiles against. When the
 #      distribution has no headers package for the running kernel, the newest headers it has
 #      are linked instead, with a loud warning (see docs/kernel-requirements.md).
@@ -76,6 +77,9 @@ PACKAGES=(
     gcc make libc6-dev linux-libc-dev      # ABI layout test compiles the shared header
     iproute2 kmod util-linux procps        # ip netns/veth test hosts, mountpoint, nsenter
     ca-certificates                        # pip over https
+    containerd runc                        # a real node runtime (CRI) for tests/node
+    containernetworking-plugins            # CNI bridge/host-local/loopback for test pods
+    umoci busybox-static                   # builds the tiny local OCI image test pods run
 )
 if [[ $DEV -eq 1 ]]; then
     PACKAGES+=(shellcheck) # `make lint` checks the shell scripts

@@ -412,6 +412,10 @@ class Guard:
                     f"{os.strerror(ct.get_errno())}"
                 )
 
+    def guarded_policy(self, cgid: int) -> int | None:
+        entry = self._guarded.get(cgid)
+        return entry.policy_id if entry is not None else None
+
     @property
     def guarded(self) -> dict[int, Path]:
         return {cgid: g.path for cgid, g in self._guarded.items()}
