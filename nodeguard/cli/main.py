@@ -16,7 +16,15 @@ from nodeguard.errors import NodeguardError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nodeguard.cli import demo, doctor, policy, run  # noqa: PLC0415 - keep start-up light
+    from nodeguard.cli import (  # noqa: PLC0415 - keep start-up light
+        agent,
+        demo,
+        doctor,
+        hook,
+        policy,
+        run,
+        status,
+    )
 
     parser = argparse.ArgumentParser(
         prog="nodeguard",
@@ -31,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     policy.register(sub)
     doctor.register(sub)
     demo.register(sub)
+    agent.register(sub)
+    status.register(sub)
+    hook.register(sub)
     return parser
 
 

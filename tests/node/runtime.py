@@ -77,6 +77,10 @@ CNI_RESULTS_DIR = Path("/var/lib/cni/results")
 START_TIMEOUT_S = 20.0
 
 
+# Namespace whose containers the runtime hook refuses while no agent answers.
+FAIL_CLOSED_NS = "agents-closed"
+
+
 class RuntimeSetupError(Exception):
     """The private runtime could not be set up (message says which step and why)."""
 
@@ -333,6 +337,7 @@ def containerd_config(
     cni_conf_dir: Path,
     registry_dir: Path,
     opt_dir: Path,
+    base_runtime_spec: Path | None = None,
 ) -> str:
     """`containerd config default` with the edits this machine and the tests need."""
     cri = 'plugins."io.containerd.grpc.v1.cri"'
@@ -360,6 +365,8 @@ def containerd_config(
         (f"{cri}.registry", "config_path", _toml_str(registry_dir)),
         ('plugins."io.containerd.internal.v1.opt"', "path", _toml_str(opt_dir)),
     ]
+    if base_runtime_spec is not None:
+        edits.append((runc, "base_runtime_spec", _toml_str(base_runtime_spec)))
     text = default_toml
     for section, key, value in edits:
         text = set_toml_key(text, section, key, value)
@@ -470,6 +477,33 @@ class ContainerdRuntime:
         return str(next(self.subnet.hosts()))
 
     @property
+    def agent_socket(self) -> Path:
+        """Where the runtime hook looks for the nodeguard agent's API (tests start one)."""
+        return self.workdir / "agent" / "agent.sock"
+
+    def base_spec(self) -> Path:
+        """containerd's default OCI spec plus nodeguard's createRuntime hook, as a real
+        node would configure it (docs/runtime-hook.md): every container asks the agent
+        before its process starts; namespace FAIL_CLOSED_NS is refused when no agent
+        answers."""
+        spec = json.loads(run(["ctr", "oci", "spec"]))
+        spec.setdefault("hooks", {})["createRuntime"] = [
+            {
+                "path": sys.executable,
+                "args": [
+                    sys.executable, "-m", "nodeguard.cli.hook",
+                    "--socket", str(self.agent_socket),
+                    "--fail-closed-namespaces", FAIL_CLOSED_NS,
+                    "--timeout-ms", "5000",
+                ],
+                "timeout": 10,
+            }
+        ]  # fmt: skip
+        path = self.workdir / "base-spec.json"
+        path.write_text(json.dumps(spec, indent=1))
+        return path
+
+    @property
     def log_path(self) -> Path:
         return self.workdir / "containerd.log"
 
@@ -525,6 +559,7 @@ class ContainerdRuntime:
                 cni_conf_dir=dirs["cni-conf"],
                 registry_dir=dirs["certs.d"],
                 opt_dir=dirs["opt"],
+                base_runtime_spec=self.base_spec(),
             )
             (self.workdir / "config.toml").write_text(config)
             (self.workdir / "bridge").write_text(self.bridge + "\n")

@@ -1,0 +1,469 @@
+"""`nodeguard agent`: the per-node agent.
+
+Start-up: preflight checks, the guard programs loaded with their maps pinned (adopting
+what an earlier agent left: enforcement never stopped), the policy directory loaded,
+pods listed through CRI and reconciled, stale state of pods deleted meanwhile removed,
+then the local API (status, runtime-hook admission) and metrics come up.
+
+Main loop (one thread owns the ring buffer): violation records -> events; a policy
+directory change (inotify thread) -> new versions loaded and pods re-pointed; every
+``resyncIntervalMs`` -> CRI listed and pods reconciled; aggregates flushed each second.
+
+Stop (SIGTERM/SIGINT): servers stopped, events flushed, the tracker checkpointed; the
+kernel keeps enforcing (pinned) until the next agent adopts it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from nodeguard import __version__, log
+from nodeguard.agent.api import AdmitRequest, AdmitResponse, AgentAPIServer
+from nodeguard.agent.config import AgentConfig
+from nodeguard.agent.enforcer import Enforcer
+from nodeguard.agent.eventlog import EventLog
+from nodeguard.agent.hook import write_fail_closed_file
+from nodeguard.agent.metrics import AgentMetrics, MetricsServer
+from nodeguard.agent.policy_store import PolicyStore
+from nodeguard.agent.status import (
+    AgentHealth,
+    AgentState,
+    CollectorLink,
+    Counters,
+    KernelInfo,
+    PodStatus,
+    PolicyDirStatus,
+    PolicyStatus,
+    StatusSnapshot,
+)
+from nodeguard.bpf.guard import Guard, GuardLimits, program_version, stale_pin_sets
+from nodeguard.bpf.probe import run_probes
+from nodeguard.errors import NodeguardError
+from nodeguard.events.aggregate import CountTracker
+from nodeguard.events.build import ViolationBuilder
+from nodeguard.events.clock import MonotonicClock
+from nodeguard.events.decode import DecodeStats, decode
+from nodeguard.events.model import Violation
+from nodeguard.events.ocsf import to_json_line
+from nodeguard.identity.cri import CRIClient, CRIError
+from nodeguard.runner.preflight import preflight
+
+_log = log.get("nodeguard.agent")
+
+POLL_MS = 50
+FLUSH_INTERVAL_S = 1.0
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, limits: GuardLimits | None = None) -> None:
+        self.config = config
+        self.limits = limits or GuardLimits()
+        self.started_at = time.time()
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._policy_changed = threading.Event()
+        self._ready = False
+        self._reasons: list[str] = []
+        self.stats = DecodeStats()
+        self.by_kind: Counter[str] = Counter()
+        self.records = 0
+        self.pod_violations: Counter[str] = Counter()
+        self._kernel_info = KernelInfo(release=os.uname().release)
+
+    # ------------------------------------------------------------- start-up ---
+    def start(self) -> None:
+        cfg = self.config
+        self.mount = preflight()
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self._kernel_info = KernelInfo.from_report(run_probes())
+        for stale in stale_pin_sets(cfg.pin_dir, program_version(self.limits)):
+            _log.warning("stale_pin_set", path=str(stale), hint="left by another agent version")
+        self.guard = Guard(self.limits, pin_root=cfg.pin_dir)
+        self.enforcer = Enforcer(self.guard, self.mount, on_pod_removed=self._pod_removed)
+        self.builder = ViolationBuilder(
+            policies=self.enforcer.refs,
+            clock=MonotonicClock(),
+            tracker=CountTracker(),
+            node=cfg.node_name,
+            enrich=True,
+            workload_of=self._workload_of,
+        )
+        self.events = EventLog(cfg.state_dir / "events")
+        self.metrics = AgentMetrics(node=cfg.node_name)
+        self.store = PolicyStore(cfg.policy_dir)
+        self.store.watch()
+        self._last_policy_error: str | None = None
+        result = self.store.reload()
+        self._note_policy_error(result.error)
+        if self.store.generation > 0:  # an invalid first load has no good set to apply:
+            self.enforcer.apply_policies(result.policies)  # adopted enforcement stays
+        self._write_fail_closed()
+        self.cri = CRIClient(cfg.cri_socket, timeout_s=5.0)
+        self.guard.on_record(self._on_record)
+        _log.info(
+            "agent_starting",
+            node=cfg.node_name,
+            adopted=self.guard.adopted,
+            pin_dir=str(self.guard.pin_dir),
+            policies=sorted(self.enforcer.policies),
+        )
+        self._resync(initial=True)
+        self.api = AgentAPIServer(cfg.api_socket, snapshot=self.snapshot, admit=self.admit)
+        self.api.start()
+        self.metrics_server: MetricsServer | None = None
+        if cfg.metrics_address is not None:
+            self.metrics_server = MetricsServer(
+                str(cfg.metrics_address),
+                self.metrics.registry,
+                ready=lambda: self._ready,
+                alive=lambda: not self._stop.is_set(),
+            )
+            self.metrics_server.start()
+        threading.Thread(target=self._watch_policies, name="policy-watch", daemon=True).start()
+
+    # ----------------------------------------------------------------- loop ---
+    def run(self) -> int:
+        self._install_signals()
+        self.start()
+        next_resync = time.monotonic()
+        next_flush = time.monotonic() + FLUSH_INTERVAL_S
+        try:
+            while not self._stop.is_set():
+                self.guard.poll(POLL_MS)
+                now = time.monotonic()
+                if self._policy_changed.is_set():
+                    self._policy_changed.clear()
+                    self._reload_policies()
+                if now >= next_resync:
+                    self._resync()
+                    next_resync = now + self.config.resync_interval_ms / 1000
+                if now >= next_flush:
+                    self._flush()
+                    next_flush = now + FLUSH_INTERVAL_S
+        finally:
+            self.shutdown()
+        return 0
+
+    def _install_signals(self) -> None:
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            _log.info("agent_stopping", signal=signal.Signals(signum).name)
+            self._stop.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    def shutdown(self) -> None:
+        with self._lock:
+            if getattr(self, "api", None) is not None:
+                self.api.stop()
+            if getattr(self, "metrics_server", None) is not None and self.metrics_server:
+                self.metrics_server.stop()
+            if getattr(self, "guard", None) is not None:
+                self.guard.drain()
+                self._flush()
+                self.guard.close()  # pinned: enforcement continues without us
+            if getattr(self, "events", None) is not None:
+                self.events.close()
+        _log.info("agent_stopped")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -------------------------------------------------------------- policies ---
+    def _watch_policies(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self.store.wait_for_change(0.5):
+                    self._policy_changed.set()
+            except Exception as err:  # the watcher must not die silently
+                _log.warning("policy_watch_failed", error=str(err))
+                time.sleep(1)
+
+    def fail_closed_namespaces(self) -> list[str]:
+        """Namespaces whose new containers the runtime hook refuses while no agent answers:
+        every namespace a policy selects ("*" when a policy selects by labels only) plus
+        the configured ones."""
+        names = set(self.config.fail_closed_namespaces)
+        for lp in self.enforcer.policies.values():
+            selector = lp.policy.spec.selector
+            if selector is None:
+                continue
+            if selector.namespaces:
+                names.update(selector.namespaces)
+            else:
+                names.add("*")
+        return ["*"] if "*" in names else sorted(names)
+
+    def _write_fail_closed(self) -> None:
+        try:
+            write_fail_closed_file(
+                self.config.state_dir / "fail-closed-namespaces", self.fail_closed_namespaces()
+            )
+        except OSError as err:
+            _log.warning("fail_closed_file_unwritable", error=str(err))
+
+    def _note_policy_error(self, error: str | None) -> None:
+        """Log and count a load error once per distinct error (not per re-read)."""
+        if error and error != self._last_policy_error:
+            self.metrics.policy_load_errors.inc()
+            _log.error("policy_load_failed", error=error, kept="last good policies")
+        elif not error and self._last_policy_error:
+            _log.info("policy_load_recovered")
+        self._last_policy_error = error
+
+    def _reload_policies(self) -> None:
+        started = time.monotonic()
+        result = self.store.reload()
+        self._note_policy_error(result.error)
+        if result.error:
+            return
+        if not result.changed:
+            return
+        with self._lock:
+            self.enforcer.apply_policies(result.policies)
+            self.enforcer.reconcile([s.pod for s in self.enforcer.pods.values()])
+        self._write_fail_closed()
+        _log.info(
+            "policies_applied",
+            generation=result.generation,
+            seconds=round(time.monotonic() - started, 4),
+        )
+
+    # ------------------------------------------------------------------ pods ---
+    def _resync(self, initial: bool = False) -> None:
+        started = time.monotonic()
+        try:
+            pods = self.cri.list_pods()
+        except CRIError as err:
+            reason = f"container runtime: {err.message}"
+            if self._reasons != [reason]:  # log state changes, not every resync
+                _log.warning("cri_unavailable", error=err.message)
+            self._reasons = [reason]
+            return
+        if self._reasons:
+            _log.info("cri_available")
+        with self._lock:
+            self.enforcer.reconcile(pods)
+            if initial:
+                stale = self.enforcer.stale_cgroup_entries()
+                self.enforcer.drop_cgroup_entries(stale)
+                keep = {lp.policy_id for lp in self.enforcer.policies.values()}
+                removed = self.guard.gc_policies(keep)
+                _log.info("state_reconciled", stale_cgroups=len(stale), stale_rules=removed)
+        self._reasons = []
+        self._ready = True
+        elapsed = time.monotonic() - started
+        self.metrics.reconcile_seconds.observe(elapsed)
+        self.metrics.pods_guarded.set(
+            sum(1 for s in self.enforcer.pods.values() if s.policy is not None)
+        )
+        self.metrics.policies_loaded.set(len(self.enforcer.policies))
+
+    def admit(self, req: AdmitRequest) -> AdmitResponse:
+        """Runtime hook: make sure the pod is enforced before its container starts."""
+        started = time.monotonic()
+        try:
+            if req.container_type == "sandbox":
+                return AdmitResponse(True, False, None, "sandbox (pause) container")
+            try:
+                pod = self.cri.pod(req.sandbox_id)
+            except CRIError as err:
+                return AdmitResponse(False, False, None, f"container runtime: {err.message}")
+            if pod is None:
+                return AdmitResponse(False, False, None, f"pod sandbox {req.sandbox_id} unknown")
+            with self._lock:
+                state = self.enforcer.ensure(pod)
+            if state.selection.policy is None:
+                return AdmitResponse(True, False, None, "no policy selects this pod")
+            if state.policy is None:
+                reason = state.error or "could not be enforced"
+                return AdmitResponse(False, False, state.selection.policy.name, reason)
+            return AdmitResponse(True, True, state.policy, state.selection.reason)
+        finally:
+            self.metrics.admit_seconds.observe(time.monotonic() - started)
+
+    def _pod_removed(self, cgid: int) -> None:
+        """Flush, then drop, the aggregates of a cgroup that is gone (lock held)."""
+        self.guard.drain()
+        mine = [(k, v) for k, v in self.guard.aggregates() if k.cgroup_id == cgid]
+        for violation in self.builder.flush(mine):
+            self._emit(violation)
+        table = self.guard.table("agg")
+        for key, _ in mine:
+            del table[key]
+        self.builder.forget_cgroup(cgid)
+
+    def _workload_of(self, cgid: int) -> Any:
+        return self.enforcer.workload_of(cgid)
+
+    # ---------------------------------------------------------------- events ---
+    def _on_record(self, data: bytes) -> None:
+        raw = decode(data, self.stats)
+        if raw is None:
+            return
+        with self._lock:
+            violation = self.builder.from_record(raw)
+        if violation is not None:
+            self._emit(violation)
+
+    def _emit(self, v: Violation) -> None:
+        self.records += 1
+        self.by_kind[v.kind] += v.count
+        if v.workload is not None and v.workload.pod_uid:
+            self.pod_violations[v.workload.pod_uid] += v.count
+        self.metrics.violation(
+            v.kind,
+            v.verdict,
+            v.policy.name,
+            (v.workload.namespace if v.workload else None) or "",
+            v.count,
+        )
+        self.events.write(to_json_line(v))
+
+    def _flush(self) -> None:
+        with self._lock:
+            self.guard.drain()
+            for violation in self.builder.flush(self.guard.aggregates()):
+                self._emit(violation)
+            k = self.guard.counters()
+        self.events.flush()
+        self.metrics.lost_total("kernel", k.get("ringbuf_full", 0))
+        self.metrics.lost_total("userspace", self.events.dropped)
+        self.metrics.records_total(self.records)
+        self.metrics.aggregated_total(k.get("aggregated", 0))
+
+    # ---------------------------------------------------------------- status ---
+    def kernel_counters(self) -> dict[str, int]:
+        return self.guard.counters()
+
+    def snapshot(self) -> StatusSnapshot:
+        with self._lock:
+            now = time.time()
+            reasons = list(self._reasons)
+            if self.store.last_error:
+                reasons.append("policy directory: last load failed, the last good policies stay")
+            if not self._ready:
+                state: AgentState = "starting"
+            else:
+                state = "degraded" if reasons else "ready"
+            health = AgentHealth(
+                state=state,
+                started_at=self.started_at,
+                uptime_s=now - self.started_at,
+                node=self.config.node_name,
+                version=__version__,
+                pid=os.getpid(),
+                reasons=tuple(reasons),
+            )
+            counts = Counter(s.policy for s in self.enforcer.pods.values() if s.policy)
+            policies = tuple(
+                PolicyStatus(
+                    name=name,
+                    version=lp.compiled.version,
+                    mode=lp.compiled.mode,
+                    pods=counts.get(name, 0),
+                    source_file=(lp.policy.source.file if lp.policy.source else ""),
+                )
+                for name, lp in sorted(self.enforcer.policies.items())
+            )
+            pods = tuple(
+                PodStatus(
+                    namespace=s.pod.namespace,
+                    name=s.pod.name,
+                    uid=s.pod.uid,
+                    policy=s.policy,
+                    mode=(
+                        self.enforcer.policies[s.policy].compiled.mode
+                        if s.policy in self.enforcer.policies
+                        else "-"
+                    ),
+                    selection_reason=s.error or s.selection.reason,
+                    violations=self.pod_violations.get(s.pod.uid, 0),
+                    cgroup=str(s.cgroup or ""),
+                    guarded_since=s.guarded_since,
+                )
+                for s in sorted(self.enforcer.pods.values(), key=lambda s: s.pod.ref)
+            )
+            k = self.kernel_counters()
+            counters = Counters(
+                violations_by_kind=dict(self.by_kind),
+                aggregated=k.get("aggregated", 0),
+                lost_in_kernel=k.get("ringbuf_full", 0),
+                lost_in_userspace=self.events.dropped,
+                undecodable=self.stats.unknown_op + self.stats.malformed,
+                records=self.records,
+            )
+            pdir = PolicyDirStatus(
+                path=str(self.config.policy_dir),
+                generation=self.store.generation,
+                last_error=self.store.last_error,
+                last_error_at=self.store.last_error_at,
+                last_loaded_at=self.store.snapshot().loaded_at,
+            )
+            collector = CollectorLink(
+                state="not configured" if self.config.collector_address is None else "disconnected",
+                address=str(self.config.collector_address)
+                if self.config.collector_address
+                else None,
+            )
+            return StatusSnapshot(
+                agent=health,
+                kernel=self._kernel_info,
+                policies=policies,
+                pods=pods,
+                counters=counters,
+                policy_dir=pdir,
+                collector=collector,
+            )
+
+
+def run_agent(config: AgentConfig) -> int:
+    try:
+        return Agent(config).run()
+    except NodeguardError:
+        raise
+    except OSError as err:
+        raise NodeguardError(f"agent failed: {err}") from err
+
+
+def describe(config: AgentConfig) -> str:
+    return json.dumps(config.to_yaml_dict(), sort_keys=True)
+
+
+def teardown(config: AgentConfig, limits: GuardLimits | None = None) -> int:
+    """Detach nodeguard from every cgroup it guards on this node and remove its pins."""
+    from nodeguard.bpf.guard import detach_ours, remove_pin_set  # noqa: PLC0415
+
+    mount = preflight()
+    guard = Guard(limits or GuardLimits(), pin_root=config.pin_dir)
+    cgids = {int(k.value) for k in guard.table("cgroup_policy").keys()}  # noqa: SIM118
+    detached = 0
+    for root, dirs, _files in os.walk(mount):
+        for d in dirs:
+            path = Path(root) / d
+            try:
+                if os.stat(path).st_ino not in cgids:
+                    continue
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError:
+                continue
+            try:
+                for attach_type in (10, 11, 14, 15):
+                    detached += detach_ours(fd, attach_type)
+            finally:
+                os.close(fd)
+    guard.close()
+    for pin_set in [guard.pin_dir, *stale_pin_sets(config.pin_dir, guard.version)]:
+        if pin_set is not None:
+            remove_pin_set(pin_set)
+    _log.info("teardown_done", detached=detached, cgroups=len(cgids))
+    print(f"nodeguard: detached {detached} programs from {len(cgids)} cgroups; pins removed")
+    return 0

@@ -1,0 +1,110 @@
+"""The nodeguard agent as a real process for node tests, as the DaemonSet runs it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from nodeguard.agent.api import AgentAPIClient, AgentUnavailable
+from nodeguard.agent.status import StatusSnapshot
+from tests.node.runtime import ContainerdRuntime
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class AgentProcess:
+    runtime: ContainerdRuntime
+    workdir: Path
+    pin_root: Path = field(
+        default_factory=lambda: Path("/sys/fs/bpf") / f"nodeguard-node-{secrets.token_hex(3)}"
+    )
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def policy_dir(self) -> Path:
+        return self.workdir / "policies"
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "agent.yaml"
+
+    def write_config(self) -> None:
+        self.policy_dir.mkdir(parents=True, exist_ok=True)
+        self.runtime.agent_socket.parent.mkdir(parents=True, exist_ok=True)
+        config = {
+            "criSocket": self.runtime.endpoint,
+            "policyDir": str(self.policy_dir),
+            "stateDir": str(self.workdir / "state"),
+            "apiSocket": str(self.runtime.agent_socket),
+            "metricsAddress": "",
+            "pinDir": str(self.pin_root),
+            "nodeName": "test-node",
+            "resyncIntervalMs": 200,
+            "logLevel": "info",
+        }
+        self.config_path.write_text(yaml.safe_dump(config))
+
+    def start(self, timeout: float = 60) -> None:
+        self.write_config()
+        self.starts += 1
+        log = open(self.workdir / f"agent-{self.starts}.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nodeguard", "agent", "--config", str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agent exited: {self.log_tail()}")
+            with contextlib.suppress(AgentUnavailable):
+                if self.status().agent.state == "ready":
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"agent not ready after {timeout}s: {self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        path = self.workdir / f"agent-{self.starts}.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def status(self) -> StatusSnapshot:
+        return AgentAPIClient(self.runtime.agent_socket, timeout_s=5).status()
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(30)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.runtime.agent_socket)
+
+    def teardown(self) -> None:
+        self.kill(signal.SIGTERM)
+        if self.config_path.exists():
+            subprocess.run(
+                [sys.executable, "-m", "nodeguard", "agent", "--config", str(self.config_path),
+                 "--teardown"],
+                cwd=REPO, capture_output=True, timeout=60, check=False,
+            )  # fmt: skip
+        shutil.rmtree(self.pin_root, ignore_errors=True)
+
+    def wait_for(self, predicate: object, timeout: float = 10) -> StatusSnapshot:
+        deadline = time.monotonic() + timeout
+        snap = self.status()
+        while time.monotonic() < deadline:
+            snap = self.status()
+            if callable(predicate) and predicate(snap):
+                return snap
+            time.sleep(0.1)
+        raise AssertionError(f"condition not met in {timeout}s; last status: {snap.to_json()}")

@@ -1,0 +1,231 @@
+"""The node agent against a real containerd (CRI, runc, CNI), the tests playing the kubelet.
+
+Every destination is a pod of the test's own (a server pod on the private CNI bridge).
+The agent runs as a process, pinned under a bpffs directory of its own, and is torn down
+(detached, unpinned) at the end, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nodeguard.bpf import syscalls
+from nodeguard.bpf.guard import ATTACH_INET4_CONNECT
+from nodeguard.identity.cgroup_paths import find_pod_cgroup
+from tests.node.agentproc import AgentProcess
+from tests.node.runtime import FAIL_CLOSED_NS, ContainerdRuntime, KubeletSim, PodHandle
+
+pytestmark = pytest.mark.node
+
+SERVER_PORT = 8080
+
+
+def policy_yaml(allow_cidr: str = "198.18.255.0/24", name: str = "research-agent") -> str:
+    """Selects app=research-agent in agents and agents-closed; egress only to a range the
+    test never uses (so the server pod is forbidden) unless ``allow_cidr`` says otherwise;
+    exec of sh, nc, sleep only."""
+    return f"""\
+apiVersion: nodeguard.io/v1alpha1
+kind: AgentPolicy
+metadata: {{name: {name}}}
+spec:
+  selector:
+    namespaces: [agents, {FAIL_CLOSED_NS}]
+    matchLabels: {{app: research-agent}}
+  egress:
+    allow: [{{cidr: "{allow_cidr}", ports: ["{SERVER_PORT}"], protocol: tcp}}]
+  exec:
+    allow: [/bin/sh, /bin/nc, /bin/sleep]
+"""
+
+
+@pytest.fixture(scope="module")
+def server(runtime: ContainerdRuntime) -> Iterator[str]:
+    """A pod in namespace infra listening on SERVER_PORT; yields its IP."""
+    sim = KubeletSim(runtime)
+    pod = sim.run_pod("infra", "server")
+    sim.start_container(
+        pod, "nc", ["/bin/sh", "-c", f"while :; do nc -l -p {SERVER_PORT} </dev/null; done"]
+    )
+    try:
+        yield runtime.cri.pod_network(pod.id).ip
+    finally:
+        sim.remove_all()
+
+
+@pytest.fixture
+def agent(runtime: ContainerdRuntime, tmp_path: Path) -> Iterator[AgentProcess]:
+    proc = AgentProcess(runtime, tmp_path)
+    proc.policy_dir.mkdir(parents=True)
+    (proc.policy_dir / "research-agent.yaml").write_text(policy_yaml())
+    try:
+        proc.start()
+        yield proc
+    finally:
+        proc.teardown()
+
+
+def wait_exit(runtime: ContainerdRuntime, container_id: str, timeout: float = 20) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = runtime.cri.container_status(container_id)
+        if st.state == "exited":
+            return st.exit_code
+        time.sleep(0.05)
+    raise AssertionError(f"container {container_id[:12]} still running after {timeout}s")
+
+
+def connect(kubelet: KubeletSim, pod: PodHandle, ip: str, name: str = "probe") -> int:
+    """Exit status of a container whose first instruction is a connect to ip:SERVER_PORT
+    (0: connected; non-zero: refused)."""
+    cid = kubelet.start_container(pod, name, ["/bin/nc", "-w", "2", ip, str(SERVER_PORT)])
+    return wait_exit(kubelet.runtime, cid)
+
+
+def attachments(mount: Path, pod: PodHandle) -> int:
+    cgroup = find_pod_cgroup(mount, pod.uid)
+    assert cgroup is not None
+    fd = os.open(cgroup, os.O_RDONLY)
+    try:
+        names = syscalls.attached_program_names(fd, ATTACH_INET4_CONNECT)
+    finally:
+        os.close(fd)
+    return sum(1 for _, n in names if n == "ng_connect4")
+
+
+def test_labelled_pod_is_guarded_and_unlabelled_pod_untouched(
+    agent: AgentProcess, kubelet: KubeletSim, server: str, cgroup2_mount: Path
+) -> None:
+    guarded = kubelet.run_pod("agents", "research-0", {"app": "research-agent"})
+    free = kubelet.run_pod("agents", "other-0", {"app": "something-else"})
+    assert connect(kubelet, guarded, server) != 0
+    assert connect(kubelet, free, server) == 0
+    killed = kubelet.start_container(guarded, "exec", ["/bin/sh", "-c", "/bin/touch /tmp/x"])
+    assert wait_exit(kubelet.runtime, killed) == 128 + signal.SIGKILL
+    fine = kubelet.start_container(free, "exec", ["/bin/sh", "-c", "/bin/touch /tmp/x"])
+    assert wait_exit(kubelet.runtime, fine) == 0
+
+    snap = agent.wait_for(
+        lambda s: {p.name: p.violations for p in s.pods}.get("research-0", 0) >= 2
+    )
+    pods = {p.name: p for p in snap.pods}
+    assert pods["research-0"].policy == "research-agent"
+    assert pods["other-0"].policy is None
+    assert "research-agent" in pods["research-0"].selection_reason
+    assert attachments(cgroup2_mount, guarded) == 1
+    assert attachments(cgroup2_mount, free) == 0
+    # The agent flushes its event log once a second: wait for the records, don't race it.
+    log_file = agent.workdir / "state" / "events" / "violations.jsonl"
+    deadline = time.monotonic() + 10
+    mine: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        records = [json.loads(line) for line in log_file.read_text().splitlines()]
+        mine = [
+            r
+            for r in records
+            if r.get("unmapped", {}).get("k8s", {}).get("pod_name") == "research-0"
+        ]
+        if {r["class_uid"] for r in mine} == {4001, 1007}:
+            break
+        time.sleep(0.2)
+    assert {r["class_uid"] for r in mine} == {4001, 1007}
+    k8s = mine[0]["unmapped"]["k8s"]
+    assert k8s["namespace"] == "agents" and k8s["pod_labels"] == {"app": "research-agent"}
+    assert mine[0]["policy"]["name"] == "research-agent"
+    assert mine[0]["device"]["hostname"] == "test-node"
+
+
+def test_no_start_up_gap_twenty_pods(agent: AgentProcess, kubelet: KubeletSim, server: str) -> None:
+    """The very first instruction of each container is a forbidden connect: 0 escapes."""
+    escapes = 0
+    for i in range(20):
+        pod = kubelet.run_pod("agents", f"burst-{i}", {"app": "research-agent"})
+        if connect(kubelet, pod, server) == 0:
+            escapes += 1
+    assert escapes == 0
+
+
+def test_deleted_pod_leaves_nothing(agent: AgentProcess, kubelet: KubeletSim, server: str) -> None:
+    pod = kubelet.run_pod("agents", "short-lived", {"app": "research-agent"})
+    assert connect(kubelet, pod, server) != 0
+    agent.wait_for(lambda s: any(p.name == "short-lived" and p.policy for p in s.pods))
+    kubelet.remove_pod(pod)
+    agent.wait_for(lambda s: all(p.name != "short-lived" for p in s.pods))
+    from nodeguard.bpf.guard import Guard  # noqa: PLC0415
+
+    with Guard(pin_root=agent.pin_root) as g:  # the pinned maps, as the agent sees them
+        live = {p.uid for p in agent.status().pods}
+        assert pod.uid not in live
+        guarded_cgids = {int(k.value) for k in g.table("cgroup_policy").keys()}  # noqa: SIM118
+        pod_states = agent.status().pods
+        assert len(guarded_cgids) == sum(1 for p in pod_states if p.policy)
+
+
+def test_policy_change_applies_to_running_pods_without_reattaching(
+    agent: AgentProcess, kubelet: KubeletSim, server: str, cgroup2_mount: Path
+) -> None:
+    pod = kubelet.run_pod("agents", "changing", {"app": "research-agent"})
+    assert connect(kubelet, pod, server, "before") != 0
+    (agent.policy_dir / "research-agent.yaml").write_text(policy_yaml(f"{server}/32"))
+    agent.wait_for(
+        lambda s: s.policies and s.policies[0].version != "" and s.policy_dir.generation >= 2
+    )
+    assert connect(kubelet, pod, server, "after") == 0
+    assert attachments(cgroup2_mount, pod) == 1
+
+
+def test_broken_policy_keeps_the_last_good_one(
+    agent: AgentProcess, kubelet: KubeletSim, server: str
+) -> None:
+    pod = kubelet.run_pod("agents", "steady", {"app": "research-agent"})
+    (agent.policy_dir / "broken.yaml").write_text(
+        "apiVersion: nodeguard.io/v1alpha1\nkind: AgentPolicy\nmetadata: {name: b}\n"
+        "spec: {mode: block}\n"
+    )
+    snap = agent.wait_for(lambda s: s.policy_dir.last_error is not None)
+    assert "broken.yaml:4" in (snap.policy_dir.last_error or "")
+    assert snap.agent.state == "degraded"
+    assert connect(kubelet, pod, server) != 0, "the old policy must stay in force"
+    (agent.policy_dir / "broken.yaml").unlink()
+    snap = agent.wait_for(lambda s: s.policy_dir.last_error is None)
+    assert snap.agent.state == "ready"
+
+
+def test_agent_killed_enforcement_continues_and_restart_reconciles(
+    agent: AgentProcess, kubelet: KubeletSim, server: str, cgroup2_mount: Path
+) -> None:
+    kept = kubelet.run_pod("agents", "kept", {"app": "research-agent"})
+    doomed = kubelet.run_pod("agents", "doomed", {"app": "research-agent"})
+    assert connect(kubelet, kept, server, "c1") != 0
+    agent.wait_for(lambda s: sum(1 for p in s.pods if p.policy) >= 2)
+
+    agent.kill(signal.SIGKILL)
+    # Down: the guarded pod stays guarded; a fail-closed namespace refuses new containers.
+    assert connect(kubelet, kept, server, "c2") != 0
+    closed = kubelet.run_pod(FAIL_CLOSED_NS, "closed-0", {"app": "research-agent"})
+    with pytest.raises(Exception, match="nodeguard"):
+        kubelet.start_container(closed, "refused", ["/bin/sleep", "1"])
+    # Meanwhile pods come and go.
+    kubelet.remove_pod(doomed)
+    newcomer = kubelet.run_pod("agents", "newcomer", {"app": "research-agent"})
+
+    agent.start()
+    snap = agent.wait_for(
+        lambda s: (
+            {p.name for p in s.pods if p.policy} >= {"kept", "newcomer"}
+            and all(p.name != "doomed" for p in s.pods)
+        )
+    )
+    assert attachments(cgroup2_mount, kept) == 1, "restarted agent attached twice"
+    assert attachments(cgroup2_mount, newcomer) == 1
+    assert connect(kubelet, newcomer, server, "c3") != 0
+    assert connect(kubelet, closed, server, "c4") != 0  # admitted and guarded now
+    assert snap.agent.state == "ready"
