@@ -39,7 +39,7 @@ def table(results: list[Comparison]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m bench")
     ap.add_argument("--quick", action="store_true", help="fewer rounds (for a smoke run)")
-    ap.add_argument("--only", choices=["connect", "forkexec", "syscall"])
+    ap.add_argument("--only", choices=["connect", "forkexec", "syscall", "agent"])
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("benchmarks load eBPF programs: run as root", file=sys.stderr)
@@ -54,14 +54,26 @@ def main() -> int:
         results.append(bench_fork_exec(bins, args.quick))
     if args.only in (None, "syscall"):
         results.append(bench_null_syscall(bins, args.quick))
+    agent_out: dict[str, object] = {}
+    if args.only in (None, "agent"):
+        from bench.agent_bench import run_agent_bench  # noqa: PLC0415 - needs containerd
+
+        measured, _, extra = run_agent_bench(args.quick)
+        agent_out = {"latencies": [m.as_dict() for m in measured], **extra}
+        for m in measured:
+            goal = f" (goal p99 <= {m.goal_p99_ms:.0f} ms)" if m.goal_p99_ms else ""
+            print(f"{m.name}: p50 {m.p50:.1f} ms, p99 {m.p99:.1f} ms, n={len(m.values_ms)}{goal}")
+        print("agent:", ", ".join(f"{k}={v}" for k, v in extra.items()))
     out = {
         "kernel": platform.release(),
         "cpus": os.cpu_count(),
         "quick": args.quick,
         "duration_s": round(time.time() - started, 1),
         "results": [r.as_dict() for r in results],
+        "agent": agent_out,
     }
-    path = BENCH_DIR / "results" / "latest.json"
+    name = "latest.json" if args.only is None else f"latest-{args.only}.json"
+    path = BENCH_DIR / "results" / name
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(table(results))

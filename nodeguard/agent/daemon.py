@@ -27,6 +27,7 @@ from typing import Any
 
 from nodeguard import __version__, log
 from nodeguard.agent.api import AdmitRequest, AdmitResponse, AgentAPIServer
+from nodeguard.agent.cgroup_watch import PodCgroupWatch
 from nodeguard.agent.config import AgentConfig
 from nodeguard.agent.enforcer import Enforcer
 from nodeguard.agent.eventlog import EventLog
@@ -60,6 +61,8 @@ _log = log.get("nodeguard.agent")
 
 POLL_MS = 50
 FLUSH_INTERVAL_S = 1.0
+FAST_WINDOW_S = 1.0
+FAST_RESYNC_S = 0.05
 
 
 class Agent:
@@ -70,6 +73,7 @@ class Agent:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._policy_changed = threading.Event()
+        self._pods_changed = threading.Event()
         self._ready = False
         self._reasons: list[str] = []
         self.stats = DecodeStats()
@@ -128,12 +132,14 @@ class Agent:
             )
             self.metrics_server.start()
         threading.Thread(target=self._watch_policies, name="policy-watch", daemon=True).start()
+        threading.Thread(target=self._watch_cgroups, name="cgroup-watch", daemon=True).start()
 
     # ----------------------------------------------------------------- loop ---
     def run(self) -> int:
         self._install_signals()
         self.start()
         next_resync = time.monotonic()
+        fast_until = 0.0  # after a pod cgroup event: resync every FAST_RESYNC_S for a while
         next_flush = time.monotonic() + FLUSH_INTERVAL_S
         try:
             while not self._stop.is_set():
@@ -142,9 +148,18 @@ class Agent:
                 if self._policy_changed.is_set():
                     self._policy_changed.clear()
                     self._reload_policies()
+                if self._pods_changed.is_set():
+                    # The pod cgroup appears during RunPodSandbox, a moment before CRI
+                    # lists the sandbox: look again a few times in quick succession.
+                    self._pods_changed.clear()
+                    fast_until = now + FAST_WINDOW_S
+                    next_resync = now
                 if now >= next_resync:
                     self._resync()
-                    next_resync = now + self.config.resync_interval_ms / 1000
+                    interval = self.config.resync_interval_ms / 1000
+                    if now < fast_until:
+                        interval = min(interval, FAST_RESYNC_S)
+                    next_resync = now + interval
                 if now >= next_flush:
                     self._flush()
                     next_flush = now + FLUSH_INTERVAL_S
@@ -218,6 +233,19 @@ class Agent:
         elif not error and self._last_policy_error:
             _log.info("policy_load_recovered")
         self._last_policy_error = error
+
+    def _watch_cgroups(self) -> None:
+        watch = PodCgroupWatch(self.mount)
+        try:
+            while not self._stop.is_set():
+                try:
+                    if watch.wait(0.5):
+                        self._pods_changed.set()
+                except OSError as err:
+                    _log.warning("cgroup_watch_failed", error=str(err))
+                    time.sleep(1)
+        finally:
+            watch.close()
 
     def _reload_policies(self) -> None:
         started = time.monotonic()

@@ -144,3 +144,24 @@ def attached_program_names(cgroup_fd: int, attach_type: int) -> list[tuple[int, 
 
 def prog_detach(cgroup_fd: int, prog_fd: int, attach_type: int) -> None:
     _bpf(BPF_PROG_DETACH, _attr((0, "I", cgroup_fd), (4, "I", prog_fd), (8, "I", attach_type)))
+
+
+BPF_MAP_LOOKUP_ELEM = 1
+
+
+def map_lookup(map_fd: int, key: bytes, value_size: int) -> bytes | None:
+    """Value for ``key`` in a map (e.g. one opened with :func:`obj_get`), None if absent."""
+    kbuf = ct.create_string_buffer(key, len(key))
+    vbuf = ct.create_string_buffer(value_size)
+    try:
+        _bpf(
+            BPF_MAP_LOOKUP_ELEM,
+            _attr((0, "I", map_fd), (8, "Q", ct.addressof(kbuf)), (16, "Q", ct.addressof(vbuf))),
+        )
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        if err.errno == 2:
+            return None
+        raise
+    return vbuf.raw

@@ -31,6 +31,7 @@ class AgentProcess:
     )
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    overrides: dict[str, object] = field(default_factory=dict)
 
     @property
     def policy_dir(self) -> Path:
@@ -53,6 +54,7 @@ class AgentProcess:
             "nodeName": "test-node",
             "resyncIntervalMs": 200,
             "logLevel": "info",
+            **self.overrides,
         }
         self.config_path.write_text(yaml.safe_dump(config))
 

@@ -229,3 +229,19 @@ def test_agent_killed_enforcement_continues_and_restart_reconciles(
     assert connect(kubelet, newcomer, server, "c3") != 0
     assert connect(kubelet, closed, server, "c4") != 0  # admitted and guarded now
     assert snap.agent.state == "ready"
+
+
+def test_new_pods_are_noticed_through_the_cgroup_tree(
+    runtime: ContainerdRuntime, kubelet: KubeletSim, tmp_path: Path
+) -> None:
+    """With CRI polling slowed to once a minute, only the cgroup-tree watch can notice a
+    new pod (no container start, so no hook either)."""
+    proc = AgentProcess(runtime, tmp_path, overrides={"resyncIntervalMs": 60000})
+    proc.policy_dir.mkdir(parents=True)
+    (proc.policy_dir / "research-agent.yaml").write_text(policy_yaml())
+    try:
+        proc.start()
+        kubelet.run_pod("agents", "watched", {"app": "research-agent"})
+        proc.wait_for(lambda s: any(p.name == "watched" and p.policy for p in s.pods))
+    finally:
+        proc.teardown()
