@@ -201,6 +201,13 @@ class Enforcer:
     def workload_of(self, cgid: int) -> WorkloadRef | None:
         found = self._by_cgid.get(cgid)
         if found is None:
+            # A container started since the last reconcile: its cgroup is new. Re-index
+            # the guarded pods' container cgroups (a handful of directories) and retry.
+            for state in self.pods.values():
+                if state.policy is not None:
+                    self._index(state)
+            found = self._by_cgid.get(cgid)
+        if found is None:
             return None
         state, container_id = found
         pod = state.pod

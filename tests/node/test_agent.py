@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -141,6 +143,24 @@ def test_labelled_pod_is_guarded_and_unlabelled_pod_untouched(
     assert k8s["namespace"] == "agents" and k8s["pod_labels"] == {"app": "research-agent"}
     assert mine[0]["policy"]["name"] == "research-agent"
     assert mine[0]["device"]["hostname"] == "test-node"
+    container = mine[0]["actor"]["process"]["container"]
+    assert container["name"] in {"probe", "exec"} and container["image"]["name"].endswith(":pod")
+
+    # what an operator types on the node
+    out = subprocess.run(
+        [sys.executable, "-m", "nodeguard", "status", "--json", "--socket",
+         str(agent.runtime.agent_socket)],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout  # fmt: skip
+    data = json.loads(out)
+    assert data["schema_version"] == 1 and data["agent"]["state"] == "ready"
+    assert {m for m in data["kernel"]["mechanisms"]} >= {"egress", "exec"}
+    by_name = {p["name"]: p for p in data["pods"]}
+    assert by_name["research-0"]["policy"] == "research-agent"
+    assert by_name["research-0"]["violations"] >= 2
+    assert data["policies"][0]["name"] == "research-agent" and data["policies"][0]["pods"] >= 1
+    assert data["counters"]["lost_in_kernel"] == 0
+    assert data["collector"]["state"] == "not configured"
 
 
 def test_no_start_up_gap_twenty_pods(agent: AgentProcess, kubelet: KubeletSim, server: str) -> None:
