@@ -27,8 +27,8 @@ from bench.harness import Comparison
 from nodeguard.bpf import syscalls
 from nodeguard.identity.cgroup_paths import find_pod_cgroup
 from nodeguard.identity.cgroupfs import cgroup_id, find_cgroup2_mount
-from tests.node.agentproc import AgentProcess
-from tests.node.runtime import ContainerdRuntime, KubeletSim, new_workdir
+from nodeguard.lab.agent_process import AgentProcess
+from nodeguard.lab.containerd import ContainerdRuntime, KubeletSim, new_workdir
 
 POLICY = """\
 apiVersion: nodeguard.io/v1alpha1

@@ -50,24 +50,37 @@ spec:
     return p
 
 
-def ng_programs() -> list[str]:
+def ng_programs() -> dict[int, str]:
+    """id -> name of every nodeguard program loaded on the machine."""
     out = subprocess.run(
         ["bpftool", "prog", "show", "-j"], capture_output=True, text=True, check=True
     ).stdout
-    return [
-        p.get("name", "")
+    return {
+        int(p["id"]): p.get("name", "")
         for p in json.loads(out or "[]")
         if p.get("name", "").startswith("ng_") or "sched_process_e" in p.get("name", "")
-    ]
+    }
+
+
+_before: dict[int, str] = {}
+
+
+@pytest.fixture(autouse=True)
+def _programs_before() -> None:
+    """Programs loaded before the test (another nodeguard on the machine is not ours)."""
+    _before.clear()
+    _before.update(ng_programs())
 
 
 def nothing_left_behind() -> None:
     mount = find_cgroup2_mount()
     assert mount is not None
     parent = mount / "nodeguard"
-    left = [p.name for p in parent.iterdir() if p.is_dir()] if parent.exists() else []
+    runs = parent.iterdir() if parent.exists() else iter(())
+    left = [p.name for p in runs if p.is_dir() and p.name.startswith("run-")]
     assert left == [], f"cgroups left behind: {left}"
-    assert ng_programs() == [], "BPF programs left loaded"
+    new = {i: n for i, n in ng_programs().items() if i not in _before}
+    assert new == {}, f"BPF programs left loaded: {new}"
 
 
 def test_run_blocks_reports_and_exits_with_command_status(tmp_path: Path, lab: NetLab) -> None:

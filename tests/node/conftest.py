@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from nodeguard.identity.cgroupfs import find_cgroup2_mount
-from tests.node.runtime import (
+from nodeguard.lab.containerd import (
     ContainerdRuntime,
     KubeletSim,
     RuntimeSetupError,

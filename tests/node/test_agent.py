@@ -22,8 +22,8 @@ import pytest
 from nodeguard.bpf import syscalls
 from nodeguard.bpf.guard import ATTACH_INET4_CONNECT
 from nodeguard.identity.cgroup_paths import find_pod_cgroup
-from tests.node.agentproc import AgentProcess
-from tests.node.runtime import FAIL_CLOSED_NS, ContainerdRuntime, KubeletSim, PodHandle
+from nodeguard.lab.agent_process import AgentProcess
+from nodeguard.lab.containerd import FAIL_CLOSED_NS, ContainerdRuntime, KubeletSim, PodHandle
 
 pytestmark = pytest.mark.node
 

@@ -19,7 +19,7 @@ from nodeguard.identity.cgroup_paths import (
     parse_cgroup_path,
 )
 from nodeguard.identity.cri import CRIClient, CRIError
-from tests.node.runtime import IMAGE, ContainerdRuntime, KubeletSim
+from nodeguard.lab.containerd import IMAGE, ContainerdRuntime, KubeletSim
 
 pytestmark = pytest.mark.node
 

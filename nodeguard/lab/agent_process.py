@@ -17,7 +17,7 @@ import yaml
 
 from nodeguard.agent.api import AgentAPIClient, AgentUnavailable
 from nodeguard.agent.status import StatusSnapshot
-from tests.node.runtime import ContainerdRuntime
+from nodeguard.lab.containerd import ContainerdRuntime
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,5 +1,5 @@
-"""A real node runtime for tests: a private containerd (CRI plugin, runc, CNI bridge) and a
-kubelet stand-in that creates pods through CRI the way the kubelet does.
+"""A real node runtime for the demo, tests and benchmarks: a private containerd (CRI plugin,
+runc, CNI bridge) and a kubelet stand-in that creates pods through CRI like the kubelet.
 
 Everything lives below one temporary directory (root, state, socket, config, CNI config and
 IPAM data, the image archive) and is removed on close(), also after a failed start:
