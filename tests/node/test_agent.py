@@ -10,15 +10,19 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from nodeguard.agent.hook import read_fail_closed_file
 from nodeguard.bpf import syscalls
 from nodeguard.bpf.guard import ATTACH_INET4_CONNECT
 from nodeguard.identity.cgroup_paths import find_pod_cgroup
@@ -202,9 +206,42 @@ def test_policy_change_applies_to_running_pods_without_reattaching(
     assert attachments(cgroup2_mount, pod) == 1
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
 def test_broken_policy_keeps_the_last_good_one(
-    agent: AgentProcess, kubelet: KubeletSim, server: str
+    runtime: ContainerdRuntime, kubelet: KubeletSim, server: str, tmp_path: Path
 ) -> None:
+    port = _free_port()
+    agent = AgentProcess(runtime, tmp_path, overrides={"metricsAddress": f"127.0.0.1:{port}"})
+    agent.policy_dir.mkdir(parents=True)
+    (agent.policy_dir / "research-agent.yaml").write_text(policy_yaml())
+    try:
+        agent.start()
+        _broken_policy_scenario(agent, kubelet, server, port)
+    finally:
+        agent.teardown()
+
+
+def _broken_policy_scenario(
+    agent: AgentProcess, kubelet: KubeletSim, server: str, port: int
+) -> None:
+    # the namespaces the hook must refuse while no agent answers: those the policy selects
+    closed = read_fail_closed_file(agent.workdir / "state" / "fail-closed-namespaces")
+    assert closed == {"agents", FAIL_CLOSED_NS}
+    assert _get(port, "/healthz")[0] == 200 and _get(port, "/readyz")[0] == 200
     pod = kubelet.run_pod("agents", "steady", {"app": "research-agent"})
     (agent.policy_dir / "broken.yaml").write_text(
         "apiVersion: nodeguard.io/v1alpha1\nkind: AgentPolicy\nmetadata: {name: b}\n"
@@ -214,9 +251,12 @@ def test_broken_policy_keeps_the_last_good_one(
     assert "broken.yaml:4" in (snap.policy_dir.last_error or "")
     assert snap.agent.state == "degraded"
     assert connect(kubelet, pod, server) != 0, "the old policy must stay in force"
+    metrics = _get(port, "/metrics")[1]
+    assert "nodeguard_policy_load_errors_total 1.0" in metrics
     (agent.policy_dir / "broken.yaml").unlink()
     snap = agent.wait_for(lambda s: s.policy_dir.last_error is None)
     assert snap.agent.state == "ready"
+    assert "nodeguard_pods_guarded" in _get(port, "/metrics")[1]
 
 
 def test_agent_killed_enforcement_continues_and_restart_reconciles(
