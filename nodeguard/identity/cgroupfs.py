@@ -130,11 +130,19 @@ def _procs(path: Path) -> list[int]:
 
 def remove_cgroup(path: Path, timeout: float = 5.0) -> None:
     """Kill what is left inside, then rmdir (retrying while the kernel frees it)."""
+    remove_tree(path, timeout, kill=True)
+
+
+def remove_tree(path: Path, timeout: float = 5.0, *, kill: bool = True) -> None:
+    """Remove a cgroup directory and its sub-cgroups, deepest first; with ``kill``, every
+    process still inside is SIGKILLed first (a v1 hierarchy without cgroup.kill may be
+    passed with kill=False)."""
     if not path.exists():
         return
     for child in sorted((p for p in path.iterdir() if p.is_dir()), reverse=True):
-        remove_cgroup(child, timeout)
-    kill_all(path, timeout)
+        remove_tree(child, timeout, kill=kill)
+    if kill:
+        kill_all(path, timeout)
     deadline = time.monotonic() + timeout
     while True:
         try:

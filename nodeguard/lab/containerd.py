@@ -202,25 +202,7 @@ def remove_pod_cgroups(pod_uid: str, timeout: float = 5.0) -> None:
             cgroupfs.remove_cgroup(v2 / rel, timeout)
         for mount in mounts:
             if mount != v2:
-                _rmdir_tree(mount / rel, timeout)
-
-
-def _rmdir_tree(path: Path, timeout: float) -> None:
-    if not path.is_dir():
-        return
-    for child in sorted((p for p in path.iterdir() if p.is_dir()), reverse=True):
-        _rmdir_tree(child, timeout)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            path.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
+                cgroupfs.remove_tree(mount / rel, timeout, kill=False)
 
 
 def remove_empty_kubepods() -> None:
