@@ -7,7 +7,7 @@ SHELL := /bin/bash
 
 VENV := .venv
 BIN := $(VENV)/bin
-SHELL_SCRIPTS := scripts/setup.sh .ci/run
+SHELL_SCRIPTS := scripts/setup.sh scripts/gen-proto.sh deploy/containerd/make-base-spec.sh .ci/run
 
 .PHONY: help setup demo test lint bench doctor
 

@@ -45,7 +45,13 @@ from nodeguard.agent.status import (
     PolicyStatus,
     StatusSnapshot,
 )
-from nodeguard.bpf.guard import Guard, GuardLimits, program_version, stale_pin_sets
+from nodeguard.bpf.guard import (
+    Guard,
+    GuardLimits,
+    program_version,
+    remove_pin_set,
+    stale_pin_sets,
+)
 from nodeguard.bpf.probe import run_probes
 from nodeguard.errors import NodeguardError
 from nodeguard.events.aggregate import CountTracker
@@ -63,6 +69,7 @@ POLL_MS = 50
 FLUSH_INTERVAL_S = 1.0
 FAST_WINDOW_S = 1.0
 FAST_RESYNC_S = 0.05
+LIVENESS_STALL_S = 30.0
 
 
 class Agent:
@@ -81,6 +88,9 @@ class Agent:
         self.records = 0
         self.pod_violations: Counter[str] = Counter()
         self._kernel_info = KernelInfo(release=os.uname().release)
+        self._heartbeat = time.monotonic()
+        self._stale_pin_sets: list[Path] = []
+        self._cleaned = False
 
     # ------------------------------------------------------------- start-up ---
     def start(self) -> None:
@@ -88,8 +98,9 @@ class Agent:
         self.mount = preflight()
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self._kernel_info = KernelInfo.from_report(run_probes())
-        for stale in stale_pin_sets(cfg.pin_dir, program_version(self.limits)):
-            _log.warning("stale_pin_set", path=str(stale), hint="left by another agent version")
+        self._stale_pin_sets = stale_pin_sets(cfg.pin_dir, program_version(self.limits))
+        for stale in self._stale_pin_sets:
+            _log.warning("stale_pin_set", path=str(stale), hint="another agent version's")
         self.guard = Guard(self.limits, pin_root=cfg.pin_dir)
         self.enforcer = Enforcer(self.guard, self.mount, on_pod_removed=self._pod_removed)
         self.builder = ViolationBuilder(
@@ -119,7 +130,7 @@ class Agent:
             pin_dir=str(self.guard.pin_dir),
             policies=sorted(self.enforcer.policies),
         )
-        self._resync(initial=True)
+        self._resync()
         self.api = AgentAPIServer(cfg.api_socket, snapshot=self.snapshot, admit=self.admit)
         self.api.start()
         self.metrics_server: MetricsServer | None = None
@@ -128,7 +139,7 @@ class Agent:
                 str(cfg.metrics_address),
                 self.metrics.registry,
                 ready=lambda: self._ready,
-                alive=lambda: not self._stop.is_set(),
+                alive=self._alive,
             )
             self.metrics_server.start()
         threading.Thread(target=self._watch_policies, name="policy-watch", daemon=True).start()
@@ -145,6 +156,7 @@ class Agent:
             while not self._stop.is_set():
                 self.guard.poll(POLL_MS)
                 now = time.monotonic()
+                self._heartbeat = now
                 if self._policy_changed.is_set():
                     self._policy_changed.clear()
                     self._reload_policies()
@@ -166,6 +178,15 @@ class Agent:
         finally:
             self.shutdown()
         return 0
+
+    def _alive(self) -> tuple[bool, str]:
+        """Liveness: the main loop (ring buffer, resync) went round recently."""
+        stalled = time.monotonic() - self._heartbeat
+        if self._stop.is_set():
+            return False, "stopping"
+        if stalled > LIVENESS_STALL_S:
+            return False, f"main loop stalled for {stalled:.0f}s"
+        return True, "ok"
 
     def _install_signals(self) -> None:
         def stop(signum: int, _frame: FrameType | None) -> None:
@@ -266,7 +287,7 @@ class Agent:
         )
 
     # ------------------------------------------------------------------ pods ---
-    def _resync(self, initial: bool = False) -> None:
+    def _resync(self) -> None:
         started = time.monotonic()
         try:
             pods = self.cri.list_pods()
@@ -278,14 +299,30 @@ class Agent:
             return
         if self._reasons:
             _log.info("cri_available")
+        if self.store.generation == 0:
+            # No valid policy set was ever loaded by this agent: reconciling would release
+            # every pod an earlier agent guarded. Keep the kernel state exactly as adopted.
+            reason = "no valid policy set loaded: kernel state kept as adopted, not reconciled"
+            if reason not in self._reasons:
+                _log.error("reconcile_skipped", reason=reason)
+            self._reasons = [reason]
+            self._ready = True
+            return
         with self._lock:
             self.enforcer.reconcile(pods)
-            if initial:
+            if not self._cleaned:  # the first reconcile with a valid policy set
                 stale = self.enforcer.stale_cgroup_entries()
                 self.enforcer.drop_cgroup_entries(stale)
                 keep = {lp.policy_id for lp in self.enforcer.policies.values()}
                 removed = self.guard.gc_policies(keep)
                 _log.info("state_reconciled", stale_cgroups=len(stale), stale_rules=removed)
+                # Pods now run this version's programs (another version's were replaced
+                # make-before-break): the old pin set, with its exec link, can go.
+                for old in self._stale_pin_sets:
+                    remove_pin_set(old)
+                    _log.info("stale_pin_set_removed", path=str(old))
+                self._stale_pin_sets = []
+                self._cleaned = True
         self._reasons = []
         self._ready = True
         elapsed = time.monotonic() - started
@@ -307,6 +344,13 @@ class Agent:
                 return AdmitResponse(False, False, None, f"container runtime: {err.message}")
             if pod is None:
                 return AdmitResponse(False, False, None, f"pod sandbox {req.sandbox_id} unknown")
+            if self.store.generation == 0:
+                # Without a valid policy set the agent cannot tell what to enforce: treat
+                # the pod as if no agent answered (fail closed where configured).
+                allowed = pod.namespace not in self.fail_closed_namespaces() and (
+                    "*" not in self.fail_closed_namespaces()
+                )
+                return AdmitResponse(allowed, False, None, "agent has no valid policy set")
             with self._lock:
                 state = self.enforcer.ensure(pod)
             if state.selection.policy is None:

@@ -346,14 +346,20 @@ class Guard:
             self.table("cgroup_policy")[ct.c_uint64(cgid)] = value
             self._write_levels()
             ours = {name for name, _ in EGRESS_PROGRAMS}
+            older: list[tuple[int, int]] = []  # (attach type, prog id) of another version
             for attach_type, fn in self._fns.items():
-                present = syscalls.attached_program_names(fd, attach_type)
-                if any(name in ours for _, name in present):
-                    entry.adopted.append(attach_type)  # attached by an earlier agent
+                mine = syscalls.prog_tag(fn.fd)
+                present = syscalls.attached_programs(fd, attach_type)
+                if any(n in ours and tag == mine for _, n, tag in present):
+                    entry.adopted.append(attach_type)  # same program, attached earlier
                     continue
+                older += [(attach_type, i) for i, n, _ in present if n in ours]
                 self._bcc.BPF.attach_func(fn, fd, attach_type, BPF_F_ALLOW_MULTI)
                 entry.attached.append((fn, attach_type))
             self._write_storage(cgid, value)
+            # Make before break: another version's programs go only once ours enforce.
+            for attach_type, prog_id in older:
+                detach_prog_id(fd, attach_type, prog_id)
         except Exception as err:
             self.unguard(cgid)
             raise BpfLoadError(f"cannot attach the egress programs to {path}: {err}") from err
@@ -489,6 +495,21 @@ class Guard:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def detach_prog_id(cgroup_fd: int, attach_type: int, prog_id: int) -> bool:
+    try:
+        prog_fd = syscalls.prog_get_fd_by_id(prog_id)
+    except OSError:
+        return False
+    try:
+        syscalls.prog_detach(cgroup_fd, prog_fd, attach_type)
+        return True
+    except OSError as err:
+        _log.debug("detach_failed", prog_id=prog_id, error=str(err))
+        return False
+    finally:
+        os.close(prog_fd)
 
 
 def detach_ours(cgroup_fd: int, attach_type: int) -> int:

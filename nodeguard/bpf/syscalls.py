@@ -117,29 +117,47 @@ def prog_get_fd_by_id(prog_id: int) -> int:
     return _bpf(BPF_PROG_GET_FD_BY_ID, _attr((0, "I", prog_id)))
 
 
-def prog_name(prog_fd: int) -> str:
-    """The program's name (bpf_prog_info.name, offset 64, 16 bytes)."""
+def _prog_info(prog_fd: int) -> bytes:
     info = ct.create_string_buffer(256)
     _bpf(
         BPF_OBJ_GET_INFO_BY_FD,
         _attr((0, "I", prog_fd), (4, "I", len(info)), (8, "Q", ct.addressof(info))),
     )
-    return info.raw[64:80].split(b"\0", 1)[0].decode(errors="replace")
+    return info.raw
 
 
-def attached_program_names(cgroup_fd: int, attach_type: int) -> list[tuple[int, str]]:
-    """(id, name) of every program attached to the cgroup for ``attach_type``."""
-    out: list[tuple[int, str]] = []
+def prog_name(prog_fd: int) -> str:
+    """The program's name (bpf_prog_info.name, offset 64, 16 bytes)."""
+    return _prog_info(prog_fd)[64:80].split(b"\0", 1)[0].decode(errors="replace")
+
+
+def prog_tag(prog_fd: int) -> bytes:
+    """The program's tag (bpf_prog_info.tag, offset 8): a hash of its instructions, so
+    two loads of the same program share it and another version does not."""
+    return _prog_info(prog_fd)[8:16]
+
+
+def attached_programs(cgroup_fd: int, attach_type: int) -> list[tuple[int, str, bytes]]:
+    """(id, name, tag) of every program attached to the cgroup for ``attach_type``."""
+    out: list[tuple[int, str, bytes]] = []
     for prog_id in prog_query(cgroup_fd, attach_type):
         try:
             fd = prog_get_fd_by_id(prog_id)
         except OSError:
             continue  # detached meanwhile
         try:
-            out.append((prog_id, prog_name(fd)))
+            info = _prog_info(fd)
+            out.append(
+                (prog_id, info[64:80].split(b"\0", 1)[0].decode(errors="replace"), info[8:16])
+            )
         finally:
             os.close(fd)
     return out
+
+
+def attached_program_names(cgroup_fd: int, attach_type: int) -> list[tuple[int, str]]:
+    """(id, name) of every program attached to the cgroup for ``attach_type``."""
+    return [(i, name) for i, name, _ in attached_programs(cgroup_fd, attach_type)]
 
 
 def prog_detach(cgroup_fd: int, prog_fd: int, attach_type: int) -> None:

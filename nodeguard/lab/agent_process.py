@@ -58,7 +58,7 @@ class AgentProcess:
         }
         self.config_path.write_text(yaml.safe_dump(config))
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 60, *, require_ready: bool = True) -> None:
         self.write_config()
         self.starts += 1
         log = open(self.workdir / f"agent-{self.starts}.log", "wb")  # noqa: SIM115
@@ -71,7 +71,8 @@ class AgentProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"agent exited: {self.log_tail()}")
             with contextlib.suppress(AgentUnavailable):
-                if self.status().agent.state == "ready":
+                state = self.status().agent.state
+                if state == "ready" or (not require_ready and state != "starting"):
                     return
             time.sleep(0.1)
         raise RuntimeError(f"agent not ready after {timeout}s: {self.log_tail()}")

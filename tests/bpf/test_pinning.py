@@ -135,3 +135,43 @@ def test_other_program_versions_are_reported_as_stale(pin_root: Path) -> None:
         (pin_root / "v0-old").mkdir()
         assert stale_pin_sets(pin_root, guard.version) == [pin_root / "v0-old"]
         guard.teardown()
+
+
+def test_program_upgrade_replaces_make_before_break(
+    pin_root: Path, cgroup: Path, lab: NetLab, tmp_path: Path
+) -> None:
+    """A new program version (here: other limits, so other code and another pin set)
+    replaces the old programs on a guarded cgroup; the old pin set can then be removed."""
+    from nodeguard.bpf.guard import GuardLimits, remove_pin_set  # noqa: PLC0415
+
+    f = lab.hosts["forbidden"]
+    compiled = policy_from_yaml(
+        "apiVersion: nodeguard.io/v1alpha1\nkind: AgentPolicy\nmetadata: {name: up}\n"
+        f"spec:\n  egress: {{allow: []}}\n  exec:\n    allow: [{SYSTEM_PYTHON}]\n"
+    )
+    mount = cgroup.parents[1]
+    old = Guard(pin_root=pin_root)
+    old.guard(mount, cgroup, old.load_policy(compiled))
+    old_version = old.version
+    old.close()  # the old agent is gone; its programs and pins stay
+
+    new = Guard(GuardLimits(agg_window_ms=999), pin_root=pin_root)
+    try:
+        assert new.version != old_version
+        new.guard(mount, cgroup, new.load_policy(compiled))
+        fd = os.open(cgroup, os.O_RDONLY)
+        try:
+            present = syscalls.attached_programs(fd, ATTACH_INET4_CONNECT)
+        finally:
+            os.close(fd)
+        mine = syscalls.prog_tag(new._fns[ATTACH_INET4_CONNECT].fd)
+        assert [(n, t) for _, n, t in present] == [("ng_connect4", mine)]
+        (stale,) = stale_pin_sets(pin_root, new.version)
+        remove_pin_set(stale)  # drops the old exec link
+        r = probe_results(run_in_cgroup(cgroup, probe_cmd(lab, "tcp", f.ip4, "443")))
+        assert [x["errno"] for x in r] == [errno.EPERM]
+        marker = tmp_path / "x"
+        assert run_in_cgroup(cgroup, ["/usr/bin/touch", str(marker)]).returncode == -9
+        assert not marker.exists()
+    finally:
+        new.teardown()

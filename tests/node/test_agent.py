@@ -305,3 +305,22 @@ def test_new_pods_are_noticed_through_the_cgroup_tree(
         proc.wait_for(lambda s: any(p.name == "watched" and p.policy for p in s.pods))
     finally:
         proc.teardown()
+
+
+def test_restart_with_a_broken_policy_directory_keeps_enforcing(
+    agent: AgentProcess, kubelet: KubeletSim, server: str
+) -> None:
+    pod = kubelet.run_pod("agents", "survivor", {"app": "research-agent"})
+    assert connect(kubelet, pod, server, "c1") != 0
+    agent.wait_for(lambda s: any(p.name == "survivor" and p.policy for p in s.pods))
+    agent.kill(signal.SIGKILL)
+    (agent.policy_dir / "research-agent.yaml").write_text("kind: AgentPolicy\nspec: [\n")
+    agent.start(require_ready=False)
+    snap = agent.wait_for(lambda s: s.agent.state == "degraded")
+    assert any("no valid policy set" in r for r in snap.agent.reasons)
+    assert connect(kubelet, pod, server, "c2") != 0, "adopted enforcement must stay"
+    marker_cid = kubelet.start_container(pod, "exec", ["/bin/sh", "-c", "/bin/touch /tmp/x"])
+    assert wait_exit(kubelet.runtime, marker_cid) == 128 + signal.SIGKILL
+    (agent.policy_dir / "research-agent.yaml").write_text(policy_yaml())
+    agent.wait_for(lambda s: s.agent.state == "ready" and any(p.policy for p in s.pods))
+    assert connect(kubelet, pod, server, "c3") != 0
