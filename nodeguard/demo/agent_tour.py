@@ -131,7 +131,9 @@ def run_agent_tour(console: Console | None = None) -> int:
             a = _try(kubelet, guarded, f"try{i}", command)
             b = _try(kubelet, neighbour, f"try{i}", command)
             table.add_row(
-                label, _verdict(a, blocked), _verdict(b, blocked) if b in (0, 137) else "ran"
+                label,
+                _verdict(a, blocked),
+                _verdict(b, blocked) if b in (0, 137) else f"ran (exit {b}: no such host)",
             )
         out.print(table)
 
