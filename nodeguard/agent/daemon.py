@@ -15,6 +15,7 @@ kernel keeps enforcing (pinned) until the next agent adopts it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -536,6 +537,8 @@ def teardown(config: AgentConfig, limits: GuardLimits | None = None) -> int:
     for pin_set in [guard.pin_dir, *stale_pin_sets(config.pin_dir, guard.version)]:
         if pin_set is not None:
             remove_pin_set(pin_set)
+    with contextlib.suppress(OSError):  # the root too, when nothing else lives there
+        config.pin_dir.rmdir()
     _log.info("teardown_done", detached=detached, cgroups=len(cgids))
     print(f"nodeguard: detached {detached} programs from {len(cgids)} cgroups; pins removed")
     return 0
