@@ -28,10 +28,15 @@ UDP_PORTS = [53, 5353, 9999]
 
 
 @pytest.fixture(scope="session")
-def cgroup_mount() -> Path:
+def cgroup_mount() -> Iterator[Path]:
     mount = find_cgroup2_mount()
     assert mount is not None, "cgroup v2 is not mounted"
-    return mount
+    try:
+        yield mount
+    finally:  # the shared parent of every test cgroup goes too, once empty
+        parent = mount / TEST_PARENT
+        if parent.exists() and not any(p.is_dir() for p in parent.iterdir()):
+            parent.rmdir()
 
 
 class Harness:
