@@ -27,6 +27,7 @@ from types import FrameType
 from typing import Any
 
 from nodeguard import __version__, log
+from nodeguard.agent import checkpoint
 from nodeguard.agent.api import AdmitRequest, AdmitResponse, AgentAPIServer
 from nodeguard.agent.cgroup_watch import PodCgroupWatch
 from nodeguard.agent.config import AgentConfig
@@ -113,6 +114,10 @@ class Agent:
             workload_of=self._workload_of,
         )
         self.events = EventLog(cfg.state_dir / "events")
+        self._checkpoint_path = cfg.state_dir / "reported.json"
+        seeded = checkpoint.load(self._checkpoint_path, self.builder.tracker)
+        if seeded:
+            _log.info("checkpoint_loaded", keys=seeded)
         self.metrics = AgentMetrics(node=cfg.node_name)
         self.store = PolicyStore(cfg.policy_dir)
         self.store.watch()
@@ -407,7 +412,11 @@ class Agent:
             for violation in self.builder.flush(self.guard.aggregates()):
                 self._emit(violation)
             k = self.guard.counters()
-        self.events.flush()
+            self.events.flush()  # records first, then the checkpoint that says so
+            try:
+                checkpoint.save(self._checkpoint_path, self.builder.tracker)
+            except OSError as err:
+                _log.warning("checkpoint_unwritable", error=str(err))
         self.metrics.lost_total("kernel", k.get("ringbuf_full", 0))
         self.metrics.lost_total("userspace", self.events.dropped)
         self.metrics.records_total(self.records)

@@ -168,6 +168,11 @@ class CountTracker:
         before a restart adopted the pinned maps)."""
         self.advance(key, cumulative, first_ns=first_ns, at_ns=at_ns)
 
+    def snapshot(self) -> list[tuple[AggregationKey, int, int, int]]:
+        """(key, cumulative, first_ns, at_ns) of every key: what :meth:`seed` takes back
+        (an agent checkpoints it, so a restarted agent does not report attempts twice)."""
+        return [(k, st.cumulative, st.first_ns, st.at_ns) for k, st in self._keys.items()]
+
     def cumulative(self, key: AggregationKey) -> int | None:
         state = self._keys.get(key)
         return None if state is None else state.cumulative

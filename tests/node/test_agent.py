@@ -266,6 +266,8 @@ def test_agent_killed_enforcement_continues_and_restart_reconciles(
     doomed = kubelet.run_pod("agents", "doomed", {"app": "research-agent"})
     assert connect(kubelet, kept, server, "c1") != 0
     agent.wait_for(lambda s: sum(1 for p in s.pods if p.policy) >= 2)
+    c1_cgroup = _record_cgroup(agent, "c1")  # reported (and checkpointed) before the kill
+    time.sleep(1.5)  # one more flush: the checkpoint says c1's attempt was reported
 
     agent.kill(signal.SIGKILL)
     # Down: the guarded pod stays guarded; a fail-closed namespace refuses new containers.
@@ -289,6 +291,24 @@ def test_agent_killed_enforcement_continues_and_restart_reconciles(
     assert connect(kubelet, newcomer, server, "c3") != 0
     assert connect(kubelet, closed, server, "c4") != 0  # admitted and guarded now
     assert snap.agent.state == "ready"
+    time.sleep(1.5)  # the restarted agent has flushed the pinned aggregates
+    counts = [r["count"] for r in _records(agent) if r["unmapped"]["cgroup_id"] == c1_cgroup]
+    assert counts == [1], "the attempt before the crash is reported once, not again"
+
+
+def _records(agent: AgentProcess) -> list[dict[str, Any]]:
+    log_file = agent.workdir / "state" / "events" / "violations.jsonl"
+    return [json.loads(line) for line in log_file.read_text().splitlines()]
+
+
+def _record_cgroup(agent: AgentProcess, container: str, timeout: float = 10) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for r in _records(agent):
+            if r["actor"]["process"].get("container", {}).get("name") == container:
+                return int(r["unmapped"]["cgroup_id"])
+        time.sleep(0.2)
+    raise AssertionError(f"no record for container {container}")
 
 
 def test_new_pods_are_noticed_through_the_cgroup_tree(
