@@ -7,9 +7,9 @@ SHELL := /bin/bash
 
 VENV := .venv
 BIN := $(VENV)/bin
-SHELL_SCRIPTS := scripts/setup.sh scripts/gen-proto.sh deploy/containerd/make-base-spec.sh .ci/run
+SHELL_SCRIPTS := scripts/setup.sh scripts/gen-proto.sh deploy/containerd/make-base-spec.sh vagrant/provision.sh deploy/kind/e2e.sh .ci/run
 
-.PHONY: help setup demo test lint bench doctor
+.PHONY: help setup demo test lint bench doctor vm
 
 help:
 	@echo "make setup   install system packages, kernel headers, mounts and .venv (root)"
@@ -18,6 +18,7 @@ help:
 	@echo "make lint    ruff check, ruff format --check, mypy --strict, shellcheck"
 	@echo "make bench   setup, then run the benchmarks (root)"
 	@echo "make doctor  setup, then report the kernel features nodeguard needs (root)"
+	@echo "make vm      a Debian 12 VM with nodeguard set up (Vagrant; docs/try-it.md)"
 
 setup:
 	bash scripts/setup.sh
@@ -44,3 +45,6 @@ bench: setup
 
 doctor: setup
 	$(BIN)/nodeguard doctor
+
+vm:
+	cd vagrant && vagrant up

@@ -82,7 +82,7 @@ PACKAGES=(
     umoci busybox-static                   # builds the tiny local OCI image test pods run
 )
 if [[ $DEV -eq 1 ]]; then
-    PACKAGES+=(shellcheck) # `make lint` checks the shell scripts
+    PACKAGES+=(shellcheck jq ruby) # `make lint` checks scripts; tests run jq and `ruby -c`
 fi
 
 APT_UPDATED=0
