@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nodeguard.agent.status import render_status
+from nodeguard.demo.policy import research_agent_policy
 from nodeguard.errors import NodeguardError
 from nodeguard.lab.agent_process import AgentProcess
 from nodeguard.lab.containerd import (
@@ -39,19 +40,7 @@ PORT = 8080
 
 
 def demo_policy(api_ip: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "nodeguard.io/v1alpha1",
-        "kind": "AgentPolicy",
-        "metadata": {"name": "research-agent"},
-        "spec": {
-            "selector": {"namespaces": ["agents"], "matchLabels": {"app": "research-agent"}},
-            "mode": "enforce",
-            "egress": {
-                "allow": [{"cidr": f"{api_ip}/32", "ports": [str(PORT)], "protocol": "tcp"}]
-            },
-            "exec": {"allow": ["/bin/sh", "/bin/nc", "/bin/sleep"]},
-        },
-    }
+    return research_agent_policy([f"{api_ip}/32"], PORT, ["/bin/sh", "/bin/nc", "/bin/sleep"])
 
 
 def _wait_exit(runtime: ContainerdRuntime, container_id: str, timeout: float = 20) -> int:

@@ -17,6 +17,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from nodeguard.demo.policy import research_agent_policy
 from nodeguard.lab.netns import SYSTEM_PYTHON, NetLab
 from nodeguard.runner.preflight import require_root
 from nodeguard.runner.session import RunOptions, RunSession
@@ -25,22 +26,11 @@ AGENT = Path(__file__).with_name("rogue_agent.py")
 
 
 def demo_policy(api_ip4: str, api_ip6: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "nodeguard.io/v1alpha1",
-        "kind": "AgentPolicy",
-        "metadata": {"name": "research-agent"},
-        "spec": {
-            "selector": {"namespaces": ["agents"], "matchLabels": {"app": "research-agent"}},
-            "mode": "enforce",
-            "egress": {
-                "allow": [
-                    {"cidr": f"{api_ip4}/32", "ports": ["443"], "protocol": "tcp"},
-                    {"cidr": f"{api_ip6}/128", "ports": ["443"], "protocol": "tcp"},
-                ]
-            },
-            "exec": {"allow": [SYSTEM_PYTHON, "/usr/bin/python3*", "/usr/bin/ls"]},
-        },
-    }
+    return research_agent_policy(
+        [f"{api_ip4}/32", f"{api_ip6}/128"],
+        443,
+        [SYSTEM_PYTHON, "/usr/bin/python3*", "/usr/bin/ls"],
+    )
 
 
 def run_demo(console: Console | None = None) -> int:
