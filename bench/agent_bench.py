@@ -25,6 +25,7 @@ import psutil
 
 from bench.harness import Comparison
 from nodeguard.bpf import syscalls
+from nodeguard.bpf.guard import ATTACH_INET4_CONNECT, our_programs
 from nodeguard.identity.cgroup_paths import find_pod_cgroup
 from nodeguard.identity.cgroupfs import cgroup_id, find_cgroup2_mount
 from nodeguard.lab.agent_process import AgentProcess
@@ -76,7 +77,7 @@ def _attached(path: Path) -> bool:
     except OSError:
         return False
     try:
-        return any(n == "ng_connect4" for _, n in syscalls.attached_program_names(fd, 10))
+        return bool(our_programs(fd, ATTACH_INET4_CONNECT))
     finally:
         os.close(fd)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import random
+import statistics
 from pathlib import Path
 
 from bench.harness import (
@@ -177,8 +178,6 @@ def bench_null_syscall(bins: dict[str, Path], quick: bool) -> Comparison:
                 )
                 guard.guard(mount, other, policy_id)
                 loaded_ns.append(run_loop(outside, argv))
-    import statistics  # noqa: PLC0415
-
     return Comparison(
         name="null syscall (getppid) outside guarded cgroups, loaded vs not",
         baseline_ns=statistics.median(base_ns),

@@ -16,7 +16,6 @@ kernel keeps enforcing (pinned) until the next agent adopts it.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import threading
@@ -55,7 +54,6 @@ from nodeguard.bpf.guard import (
     stale_pin_sets,
 )
 from nodeguard.bpf.probe import run_probes
-from nodeguard.errors import NodeguardError
 from nodeguard.events.aggregate import CountTracker
 from nodeguard.events.build import ViolationBuilder
 from nodeguard.events.clock import MonotonicClock
@@ -209,8 +207,7 @@ class Agent:
             if getattr(self, "metrics_server", None) is not None and self.metrics_server:
                 self.metrics_server.stop()
             if getattr(self, "guard", None) is not None:
-                self.guard.drain()
-                self._flush()
+                self._flush()  # drains the ring buffer first
                 self.guard.close()  # pinned: enforcement continues without us
             if getattr(self, "events", None) is not None:
                 self.events.close()
@@ -507,19 +504,6 @@ class Agent:
             )
 
 
-def run_agent(config: AgentConfig) -> int:
-    try:
-        return Agent(config).run()
-    except NodeguardError:
-        raise
-    except OSError as err:
-        raise NodeguardError(f"agent failed: {err}") from err
-
-
-def describe(config: AgentConfig) -> str:
-    return json.dumps(config.to_yaml_dict(), sort_keys=True)
-
-
 def teardown(config: AgentConfig, limits: GuardLimits | None = None) -> int:
     """Detach nodeguard from every cgroup it guards on this node and remove its pins."""
     from nodeguard.bpf.guard import detach_ours, remove_pin_set  # noqa: PLC0415
@@ -538,8 +522,7 @@ def teardown(config: AgentConfig, limits: GuardLimits | None = None) -> int:
             except OSError:
                 continue
             try:
-                for attach_type in (10, 11, 14, 15):
-                    detached += detach_ours(fd, attach_type)
+                detached += detach_ours(fd)
             finally:
                 os.close(fd)
     guard.close()

@@ -20,7 +20,7 @@ import hashlib
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -53,6 +53,8 @@ EGRESS_PROGRAMS: tuple[tuple[str, int], ...] = (
     ("ng_sendmsg4", ATTACH_UDP4_SENDMSG),
     ("ng_sendmsg6", ATTACH_UDP6_SENDMSG),
 )
+EGRESS_NAMES = frozenset(name for name, _ in EGRESS_PROGRAMS)
+EGRESS_ATTACH_TYPES = tuple(attach_type for _, attach_type in EGRESS_PROGRAMS)
 
 _log = log.get("nodeguard.bpf.guard")
 
@@ -213,6 +215,8 @@ class Guard:
         except Exception as err:
             self._bpf.cleanup()
             raise BpfLoadError(f"cannot load cgroup sock_addr program: {err}") from err
+        # kernel tag per program: tells our programs from another version's on a cgroup
+        self._tags = {t: syscalls.prog_tag(fn.fd) for t, fn in self._fns.items()}
         self._guarded: dict[int, _Guarded] = {}
         self._policies: dict[int, CompiledPolicy] = {}
         self._next_policy_id = 1 + max(self.policy_ids_in_maps(), default=0)
@@ -345,15 +349,13 @@ class Guard:
         try:
             self.table("cgroup_policy")[ct.c_uint64(cgid)] = value
             self._write_levels()
-            ours = {name for name, _ in EGRESS_PROGRAMS}
             older: list[tuple[int, int]] = []  # (attach type, prog id) of another version
             for attach_type, fn in self._fns.items():
-                mine = syscalls.prog_tag(fn.fd)
-                present = syscalls.attached_programs(fd, attach_type)
-                if any(n in ours and tag == mine for _, n, tag in present):
+                present = our_programs(fd, attach_type)
+                if any(tag == self._tags[attach_type] for _, tag in present):
                     entry.adopted.append(attach_type)  # same program, attached earlier
                     continue
-                older += [(attach_type, i) for i, n, _ in present if n in ours]
+                older += [(attach_type, prog_id) for prog_id, _ in present]
                 self._bcc.BPF.attach_func(fn, fd, attach_type, BPF_F_ALLOW_MULTI)
                 entry.attached.append((fn, attach_type))
             self._write_storage(cgid, value)
@@ -388,8 +390,7 @@ class Guard:
                 self._bcc.BPF.detach_func(fn, entry.fd, attach_type)
             except Exception as err:  # the cgroup may be gone already: that detaches too
                 _log.debug("detach_failed", cgroup=str(entry.path), error=str(err))
-        for attach_type in entry.adopted:
-            detach_ours(entry.fd, attach_type)
+        detach_ours(entry.fd, entry.adopted)
         with contextlib.suppress(KeyError):
             del self.table("cgroup_policy")[ct.c_uint64(cgid)]
         self._write_levels()
@@ -512,26 +513,24 @@ def detach_prog_id(cgroup_fd: int, attach_type: int, prog_id: int) -> bool:
         os.close(prog_fd)
 
 
-def detach_ours(cgroup_fd: int, attach_type: int) -> int:
-    """Detach every nodeguard egress program attached to a cgroup for one attach type
-    (including ones an earlier agent attached). Returns how many were detached."""
-    ours = {name for name, _ in EGRESS_PROGRAMS}
-    done = 0
-    for prog_id, name in syscalls.attached_program_names(cgroup_fd, attach_type):
-        if name not in ours:
-            continue
-        try:
-            prog_fd = syscalls.prog_get_fd_by_id(prog_id)
-        except OSError:
-            continue
-        try:
-            syscalls.prog_detach(cgroup_fd, prog_fd, attach_type)
-            done += 1
-        except OSError as err:
-            _log.debug("detach_failed", prog_id=prog_id, error=str(err))
-        finally:
-            os.close(prog_fd)
-    return done
+def our_programs(cgroup_fd: int, attach_type: int) -> list[tuple[int, bytes]]:
+    """(id, tag) of the nodeguard egress programs attached to a cgroup for one attach type,
+    whoever attached them (this agent, an earlier one, another version)."""
+    return [
+        (prog_id, tag)
+        for prog_id, name, tag in syscalls.attached_programs(cgroup_fd, attach_type)
+        if name in EGRESS_NAMES
+    ]
+
+
+def detach_ours(cgroup_fd: int, attach_types: Iterable[int] = EGRESS_ATTACH_TYPES) -> int:
+    """Detach every nodeguard egress program attached to a cgroup (including ones an
+    earlier agent attached). Returns how many were detached."""
+    return sum(
+        detach_prog_id(cgroup_fd, attach_type, prog_id)
+        for attach_type in attach_types
+        for prog_id, _ in our_programs(cgroup_fd, attach_type)
+    )
 
 
 def remove_pin_set(pin_dir: Path) -> None:

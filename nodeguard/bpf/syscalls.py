@@ -155,11 +155,6 @@ def attached_programs(cgroup_fd: int, attach_type: int) -> list[tuple[int, str, 
     return out
 
 
-def attached_program_names(cgroup_fd: int, attach_type: int) -> list[tuple[int, str]]:
-    """(id, name) of every program attached to the cgroup for ``attach_type``."""
-    return [(i, name) for i, name, _ in attached_programs(cgroup_fd, attach_type)]
-
-
 def prog_detach(cgroup_fd: int, prog_fd: int, attach_type: int) -> None:
     _bpf(BPF_PROG_DETACH, _attr((0, "I", cgroup_fd), (4, "I", prog_fd), (8, "I", attach_type)))
 

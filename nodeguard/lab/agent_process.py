@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,12 +103,14 @@ class AgentProcess:
             )  # fmt: skip
         shutil.rmtree(self.pin_root, ignore_errors=True)
 
-    def wait_for(self, predicate: object, timeout: float = 10) -> StatusSnapshot:
+    def wait_for(
+        self, predicate: Callable[[StatusSnapshot], object], timeout: float = 10
+    ) -> StatusSnapshot:
         deadline = time.monotonic() + timeout
         snap = self.status()
         while time.monotonic() < deadline:
             snap = self.status()
-            if callable(predicate) and predicate(snap):
+            if predicate(snap):
                 return snap
             time.sleep(0.1)
         raise AssertionError(f"condition not met in {timeout}s; last status: {snap.to_json()}")

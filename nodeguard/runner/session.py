@@ -31,6 +31,7 @@ from nodeguard.events.clock import MonotonicClock
 from nodeguard.events.decode import DecodeStats, decode
 from nodeguard.events.model import PolicyRef, Violation
 from nodeguard.events.ocsf import to_json_line
+from nodeguard.identity.cgroupfs import kill_all
 from nodeguard.policy import compile_policy, load_policy_file
 from nodeguard.policy.compiled import CompiledPolicy, Mode
 from nodeguard.runner.cgroup import create_run_cgroup, remove_run_cgroup, sweep_stale
@@ -258,18 +259,12 @@ class RunSession:
                     child.send_signal(signal.SIGINT)
                     forward_at = None
                 if kill_at is not None and now >= kill_at:
-                    _kill_cgroup(cgroup)
+                    kill_all(cgroup)
                     kill_at = None
             # What the command left behind (daemons, stragglers) does not outlive the run.
-            _kill_cgroup(cgroup)
+            kill_all(cgroup)
             guard.poll(0)
         return status if status >= 0 else 128 - status
-
-
-def _kill_cgroup(cgroup: Path) -> None:
-    from nodeguard.identity.cgroupfs import kill_all  # noqa: PLC0415
-
-    kill_all(cgroup)
 
 
 def run(opts: RunOptions) -> int:

@@ -16,7 +16,13 @@ from pathlib import Path
 import pytest
 
 from nodeguard.bpf import syscalls
-from nodeguard.bpf.guard import ATTACH_INET4_CONNECT, Guard, detach_ours, stale_pin_sets
+from nodeguard.bpf.guard import (
+    ATTACH_INET4_CONNECT,
+    Guard,
+    detach_ours,
+    our_programs,
+    stale_pin_sets,
+)
 from nodeguard.events.decode import DecodeStats, decode
 from nodeguard.identity.cgroupfs import remove_cgroup
 from tests.bpf.conftest import TEST_PARENT, policy_from_yaml
@@ -45,8 +51,7 @@ def cgroup(cgroup_mount: Path) -> Iterator[Path]:
     finally:
         fd = os.open(path, os.O_RDONLY)
         try:
-            for attach_type in (10, 11, 14, 15):
-                detach_ours(fd, attach_type)
+            detach_ours(fd)
         finally:
             os.close(fd)
         remove_cgroup(path)
@@ -66,10 +71,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetLab]:
 def ours_attached(cgroup: Path) -> int:
     fd = os.open(cgroup, os.O_RDONLY)
     try:
-        names = syscalls.attached_program_names(fd, ATTACH_INET4_CONNECT)
+        return len(our_programs(fd, ATTACH_INET4_CONNECT))
     finally:
         os.close(fd)
-    return sum(1 for _, name in names if name == "ng_connect4")
 
 
 def test_enforcement_survives_sigkill_and_is_adopted(

@@ -23,8 +23,7 @@ from typing import Any
 import pytest
 
 from nodeguard.agent.hook import read_fail_closed_file
-from nodeguard.bpf import syscalls
-from nodeguard.bpf.guard import ATTACH_INET4_CONNECT
+from nodeguard.bpf.guard import ATTACH_INET4_CONNECT, our_programs
 from nodeguard.identity.cgroup_paths import find_pod_cgroup
 from nodeguard.lab.agent_process import AgentProcess
 from nodeguard.lab.containerd import FAIL_CLOSED_NS, ContainerdRuntime, KubeletSim, PodHandle
@@ -101,10 +100,9 @@ def attachments(mount: Path, pod: PodHandle) -> int:
     assert cgroup is not None
     fd = os.open(cgroup, os.O_RDONLY)
     try:
-        names = syscalls.attached_program_names(fd, ATTACH_INET4_CONNECT)
+        return len(our_programs(fd, ATTACH_INET4_CONNECT))
     finally:
         os.close(fd)
-    return sum(1 for _, n in names if n == "ng_connect4")
 
 
 def test_labelled_pod_is_guarded_and_unlabelled_pod_untouched(
