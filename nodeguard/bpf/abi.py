@@ -23,6 +23,10 @@ class PolicyFlag(IntFlag):
     EGRESS = 1 << 1
     EXEC = 1 << 2
     ACTIVE = 1 << 3  # in cgroup storage: written by user space (zeroed storage = not yet)
+    SYSCALLS = 1 << 4  # spec.syscalls present
+    SYSCALL_AUDIT = 1 << 5  # spec.syscalls.action audit
+    SOCKETS = 1 << 6  # spec.sockets present
+    LIMITS = 1 << 7  # spec.limits present
 
 
 class Proto(IntFlag):
@@ -40,6 +44,32 @@ class ExecKind(IntEnum):
 class Op(IntEnum):
     EGRESS = 1
     EXEC = 2
+    SYSCALL = 3
+    SOCKET = 4
+    LIMIT = 5
+
+
+class SyscallMechanism(IntEnum):
+    SECCOMP_KILL = 1  # killed by the seccomp filter before the call ran
+    TRACEPOINT = 2  # seen at sys_enter (audit): the call went ahead
+
+
+SYSCALL_COMPAT = 1 << 31  # or-ed into a syscall number of the i386 ABI (syscall_deny key)
+
+
+class SockHook(IntEnum):
+    CGROUP = 1  # cgroup sock_create: EPERM
+    SECCOMP_NOTIFY = 2  # seccomp user notification answered EPERM (record made in user space)
+    TRACEPOINT = 3  # sys_enter_socket (audit): the socket was created
+
+
+class Limit(IntEnum):
+    PROCESSES = 1
+    FORK_RATE = 2
+    EXEC_RATE = 3
+
+
+SOCK_ALL = 0xFFFFFFFF
 
 
 class Hook(IntEnum):
@@ -63,9 +93,12 @@ class Counter(IntEnum):
     EXEC_KILLED = 5
     EGRESS_DENIED = 6
     PATH_TOO_LONG = 7
+    SYSCALL_KILLED = 8
+    SOCKET_DENIED = 9
+    LIMIT_KILLED = 10
 
 
-COUNTER_MAX = 8
+COUNTER_MAX = 11
 
 
 class CgroupPolicy(ct.Structure):
@@ -122,6 +155,51 @@ class ExecRule(ct.Structure):
     _fields_ = (
         ("kind", ct.c_uint32),
         ("prefix_bytes", ct.c_uint32),
+    )
+
+
+class SyscallKey(ct.Structure):
+    _fields_ = (
+        ("policy_id", ct.c_uint32),
+        ("nr", ct.c_uint32),
+    )
+
+
+class SocketKey(ct.Structure):
+    _fields_ = (
+        ("policy_id", ct.c_uint32),
+        ("family", ct.c_uint32),
+    )
+
+
+class SocketRule(ct.Structure):
+    _fields_ = (
+        ("types", ct.c_uint32),
+        ("protocols", ct.c_uint32),
+    )
+
+
+class Limits(ct.Structure):
+    _fields_ = (
+        ("max_processes", ct.c_uint32),
+        ("fork_rate", ct.c_uint32),
+        ("fork_burst", ct.c_uint32),
+        ("exec_rate", ct.c_uint32),
+        ("exec_burst", ct.c_uint32),
+        ("_pad", ct.c_uint32),
+        ("fork_interval_ns", ct.c_uint64),
+        ("fork_tolerance_ns", ct.c_uint64),
+        ("exec_interval_ns", ct.c_uint64),
+        ("exec_tolerance_ns", ct.c_uint64),
+    )
+
+
+class Budget(ct.Structure):
+    _fields_ = (
+        ("processes", ct.c_int64),
+        ("fork_tat_ns", ct.c_uint64),
+        ("exec_tat_ns", ct.c_uint64),
+        ("_pad", ct.c_uint64),
     )
 
 
@@ -185,6 +263,37 @@ class ExecEvent(ct.Structure):
     )
 
 
+class SyscallEvent(ct.Structure):
+    _fields_ = (
+        ("hdr", EventHdr),
+        ("nr", ct.c_uint32),
+        ("arch", ct.c_uint32),
+        ("mechanism", ct.c_uint32),
+        ("_pad", ct.c_uint32),
+    )
+
+
+class SocketEvent(ct.Structure):
+    _fields_ = (
+        ("hdr", EventHdr),
+        ("family", ct.c_uint32),
+        ("type", ct.c_uint32),
+        ("protocol", ct.c_uint32),
+        ("hook", ct.c_uint32),
+    )
+
+
+class LimitEvent(ct.Structure):
+    _fields_ = (
+        ("hdr", EventHdr),
+        ("limit", ct.c_uint32),
+        ("budget", ct.c_uint32),
+        ("burst", ct.c_uint32),
+        ("_pad", ct.c_uint32),
+        ("observed", ct.c_int64),
+    )
+
+
 # (C struct name, ctypes mirror): the layout test walks this list.
 MIRRORS: tuple[tuple[str, type[ct.Structure]], ...] = (
     ("ng_cgroup_policy", CgroupPolicy),
@@ -198,6 +307,14 @@ MIRRORS: tuple[tuple[str, type[ct.Structure]], ...] = (
     ("ng_event_hdr", EventHdr),
     ("ng_egress_event", EgressEvent),
     ("ng_exec_event", ExecEvent),
+    ("ng_syscall_key", SyscallKey),
+    ("ng_socket_key", SocketKey),
+    ("ng_socket_rule", SocketRule),
+    ("ng_limits", Limits),
+    ("ng_budget", Budget),
+    ("ng_syscall_event", SyscallEvent),
+    ("ng_socket_event", SocketEvent),
+    ("ng_limit_event", LimitEvent),
 )
 
 # #define constants the layout test checks against the header.
@@ -210,6 +327,10 @@ CONSTANTS: dict[str, int] = {
     "NG_POLICY_EGRESS": PolicyFlag.EGRESS,
     "NG_POLICY_EXEC": PolicyFlag.EXEC,
     "NG_POLICY_ACTIVE": PolicyFlag.ACTIVE,
+    "NG_POLICY_SYSCALLS": PolicyFlag.SYSCALLS,
+    "NG_POLICY_SYSCALL_AUDIT": PolicyFlag.SYSCALL_AUDIT,
+    "NG_POLICY_SOCKETS": PolicyFlag.SOCKETS,
+    "NG_POLICY_LIMITS": PolicyFlag.LIMITS,
     "NG_PROTO_TCP": Proto.TCP,
     "NG_PROTO_UDP": Proto.UDP,
     "NG_PROTO_OTHER": Proto.OTHER,
@@ -218,6 +339,14 @@ CONSTANTS: dict[str, int] = {
     "NG_EXEC_SUBTREE": ExecKind.SUBTREE,
     "NG_OP_EGRESS": Op.EGRESS,
     "NG_OP_EXEC": Op.EXEC,
+    "NG_OP_SYSCALL": Op.SYSCALL,
+    "NG_OP_SOCKET": Op.SOCKET,
+    "NG_OP_LIMIT": Op.LIMIT,
+    **{f"NG_SYSCALL_{m.name}": int(m) for m in SyscallMechanism},
+    "NG_SYSCALL_COMPAT": SYSCALL_COMPAT,
+    **{f"NG_SOCK_{h.name}": int(h) for h in SockHook},
+    **{f"NG_LIMIT_{k.name}": int(k) for k in Limit},
+    "NG_SOCK_ALL": SOCK_ALL,
     "NG_HOOK_CONNECT4": Hook.CONNECT4,
     "NG_HOOK_CONNECT6": Hook.CONNECT6,
     "NG_HOOK_SENDMSG4": Hook.SENDMSG4,
