@@ -1,7 +1,11 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * nodeguard guard programs: egress allowlist (cgroup sock_addr hooks) and exec
- * allowlist (sched_process_exec tracepoint + bpf_send_signal(SIGKILL)).
+ * nodeguard guard programs: egress allowlist (cgroup sock_addr hooks), exec allowlist
+ * (sched_process_exec tracepoint + bpf_send_signal(SIGKILL)), socket kinds (cgroup
+ * sock_create), process budgets (task_newtask / sched_process_exit / sched_process_exec),
+ * and the reports of the syscall deny list (the seccomp filter that user space installs
+ * kills the caller; the signal_generate raw tracepoint sees that kill and reports it; the
+ * audit action is seen by per-syscall sys_enter tracepoints attached on demand).
  *
  * Loaded by nodeguard/bpf/guard.py with BCC. Only stable ABI is touched: the UAPI
  * struct bpf_sock_addr, the tracepoint's arguments (BCC reads their layout from tracefs)
@@ -14,10 +18,11 @@
  *
  * Compile-time constants (validated by the loader, passed with -D):
  *   NG_MAX_CGROUPS, NG_EGRESS_MAX, NG_EXEC_MAX, NG_AGG_MAX, NG_RINGBUF_PAGES,
- *   NG_AGG_WINDOW_NS, and NG_PIN_DIR for the node agent (maps pinned: see ng_maps.h)
+ *   NG_AGG_WINDOW_NS, NG_SYSCALL_MAX, NG_SOCKET_MAX, NG_POLICY_MAX, and NG_PIN_DIR for the
+ *   node agent (maps pinned: see ng_maps.h)
  *
- * The exec tracepoint is attached by the loader (not by BCC's auto-attach): as a plain
- * perf event for `nodeguard run`, as a pinned BPF link for the agent.
+ * Tracepoints are attached by the loader (not by BCC's auto-attach): as plain perf events
+ * (raw tracepoint fds) for `nodeguard run`, as pinned BPF links for the agent.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/in.h>
@@ -27,6 +32,16 @@
 #define NG_AF_INET 2
 #define NG_AF_INET6 10
 #define NG_SIGKILL 9
+#define NG_SIGSYS 31
+#define NG_SYS_SECCOMP 1       /* siginfo si_code of a seccomp kill */
+#define NG_CLONE_THREAD 0x00010000
+#define NG_AUDIT_ARCH_I386 0x40000003u
+#define NG_X32_SYSCALL_BIT 0x40000000u
+#if defined(__TARGET_ARCH_arm64) || defined(__aarch64__)
+#define NG_AUDIT_ARCH_NATIVE 0xc00000b7u
+#else
+#define NG_AUDIT_ARCH_NATIVE 0xc000003eu
+#endif
 #define NG_MAX_LEVEL 32
 
 /* cgroup id -> {policy id, flags}. Key: cgroup v2 id (directory inode). Written by user
@@ -59,6 +74,24 @@ NG_HASH(agg, struct ng_agg_key, struct ng_agg_value, NG_AGG_MAX);
 /* NG_CNT_* -> count, per CPU. Written by these programs, summed by user space. */
 NG_PERCPU_ARRAY(counters, u64, NG_CNT_MAX);
 
+/* (policy id, syscall number [| NG_SYSCALL_COMPAT]) -> 1 for every syscall the policy
+ * denies. Written by user space with the policy; read by the seccomp-kill report and by
+ * the audit tracepoints. */
+NG_HASH(syscall_deny, struct ng_syscall_key, u32, NG_SYSCALL_MAX);
+
+/* (policy id, address family) -> denied types / protocols. Written by user space with the
+ * policy; read by the sock_create hook (AF_INET/AF_INET6) and the audit tracepoint on
+ * socket() (other families, audit only: in enforce mode the seccomp filter refuses them). */
+NG_HASH(socket_deny, struct ng_socket_key, struct ng_socket_rule, NG_SOCKET_MAX);
+
+/* policy id -> its process budgets. Written by user space with the policy. */
+NG_HASH(policy_limits, u32, struct ng_limits, NG_POLICY_MAX);
+
+/* guarded cgroup id (the pod) -> live budget state. Created by user space when it guards
+ * a cgroup whose policy has limits (processes seeded from the cgroup), then updated by the
+ * fork / exit / exec programs; removed by user space when the cgroup is unguarded. */
+NG_HASH(budget, u64, struct ng_budget, NG_MAX_CGROUPS);
+
 /* [0] -> scratch exec key (too large for the BPF stack next to everything else). */
 BPF_PERCPU_ARRAY(exec_scratch, struct ng_exec_key, 1);
 
@@ -72,11 +105,13 @@ static __always_inline void ng_count(u32 idx)
 		(*c)++;
 }
 
-/* The policy of the current task's cgroup, or of its nearest guarded ancestor. */
-static __always_inline struct ng_cgroup_policy *ng_current_policy(u64 *cgid)
+/* The policy of the current task's cgroup, or of its nearest guarded ancestor, whose id
+ * goes to *guarded (the pod's cgroup: where its budgets are kept). */
+static __always_inline struct ng_cgroup_policy *ng_current_policy_at(u64 *cgid, u64 *guarded)
 {
 	u64 id = bpf_get_current_cgroup_id();
 	*cgid = id;
+	*guarded = id;
 	struct ng_cgroup_policy *pol = cgroup_policy.lookup(&id);
 	if (pol)
 		return pol;
@@ -95,10 +130,18 @@ static __always_inline struct ng_cgroup_policy *ng_current_policy(u64 *cgid)
 		if (!anc)
 			break; /* the task is not that deep */
 		pol = cgroup_policy.lookup(&anc);
-		if (pol)
+		if (pol) {
+			*guarded = anc;
 			return pol;
+		}
 	}
 	return NULL;
+}
+
+static __always_inline struct ng_cgroup_policy *ng_current_policy(u64 *cgid)
+{
+	u64 guarded;
+	return ng_current_policy_at(cgid, &guarded);
 }
 
 /*
@@ -158,6 +201,21 @@ static __always_inline void ng_fill_hdr(struct ng_event_hdr *h, u16 op, u16 size
 	h->count_total = total;
 	h->first_ns = first;
 	bpf_get_current_comm(&h->comm, sizeof(h->comm));
+}
+
+/* Reserve and fill a record header; NULL (counted) when the ring buffer is full. */
+static __always_inline void *ng_reserve(u32 size)
+{
+	void *e = events.ringbuf_reserve(size);
+	if (!e)
+		ng_count(NG_CNT_RINGBUF_FULL);
+	return e;
+}
+
+static __always_inline void ng_submit(void *e)
+{
+	events.ringbuf_submit(e, 0);
+	ng_count(NG_CNT_EVENTS_EMITTED);
 }
 
 /* ------------------------------------------------------------------ egress --- */
@@ -260,6 +318,137 @@ int ng_connect4(struct bpf_sock_addr *ctx) { return ng_egress(ctx, 0, NG_HOOK_CO
 int ng_connect6(struct bpf_sock_addr *ctx) { return ng_egress(ctx, 1, NG_HOOK_CONNECT6); }
 int ng_sendmsg4(struct bpf_sock_addr *ctx) { return ng_egress(ctx, 0, NG_HOOK_SENDMSG4); }
 int ng_sendmsg6(struct bpf_sock_addr *ctx) { return ng_egress(ctx, 1, NG_HOOK_SENDMSG6); }
+
+/* ------------------------------------------------------------------ limits --- */
+
+/* Generic cell rate algorithm on one theoretical-arrival-time word: conforming when the
+ * next slot is at most `tolerance` ahead of now. Compare-and-swap, so concurrent forks on
+ * several CPUs each take their own slot. Returns 1 when the event is within budget. */
+static __always_inline int ng_gcra(u64 *tat, u64 now, u64 interval, u64 tolerance)
+{
+	for (int i = 0; i < 4; i++) {
+		u64 old = *(volatile u64 *)tat;
+		u64 base = old > now ? old : now;
+		if (base - now > tolerance)
+			return 0;
+		if (__sync_val_compare_and_swap(tat, old, base + interval) == old)
+			return 1;
+	}
+	return 0; /* lost four races in a row: only a flood does that, count it as one */
+}
+
+/* The budget state of a guarded cgroup; created (processes unknown = 0) when user space
+ * has not seeded it yet. */
+static __always_inline struct ng_budget *ng_budget_of(u64 gid)
+{
+	struct ng_budget *b = budget.lookup(&gid);
+	if (b)
+		return b;
+	struct ng_budget nb = {};
+	budget.insert(&gid, &nb);
+	return budget.lookup(&gid);
+}
+
+/* Report (aggregated per kind) and, in enforce mode, kill the current process. */
+static __always_inline void ng_limit_broken(struct ng_cgroup_policy *pol, u64 cgid,
+					    struct ng_limits *lim, struct ng_budget *b, u32 kind)
+{
+	int audit = pol->flags & NG_POLICY_AUDIT;
+	if (!audit) {
+		bpf_send_signal(NG_SIGKILL);
+		ng_count(NG_CNT_LIMIT_KILLED);
+	}
+	ng_count(NG_CNT_VIOLATIONS);
+
+	u64 now = bpf_ktime_get_ns();
+	struct ng_agg_key ak;
+	__builtin_memset(&ak, 0, sizeof(ak));
+	ak.cgroup_id = cgid;
+	ak.policy_id = pol->policy_id;
+	ak.op = NG_OP_LIMIT;
+	__builtin_memcpy(ak.addr, &kind, 4);
+	u64 total, first;
+	if (!ng_aggregate(&ak, now, &total, &first))
+		return;
+	struct ng_limit_event *e = ng_reserve(sizeof(struct ng_limit_event));
+	if (!e)
+		return;
+	ng_fill_hdr(&e->hdr, NG_OP_LIMIT, sizeof(*e), pol, cgid, now, total, first);
+	e->limit = kind;
+	e->budget = kind == NG_LIMIT_PROCESSES ? lim->max_processes :
+		    kind == NG_LIMIT_FORK_RATE ? lim->fork_rate : lim->exec_rate;
+	e->burst = kind == NG_LIMIT_PROCESSES ? 0 :
+		   kind == NG_LIMIT_FORK_RATE ? lim->fork_burst : lim->exec_burst;
+	e->_pad = 0;
+	e->observed = b->processes;
+	ng_submit(e);
+}
+
+/* A new process (not a thread) in a guarded pod: count it, check maxProcesses and
+ * forksPerSecond. Runs in the parent, after the child exists and before it first runs;
+ * the parent (the one that broke the budget) is killed, so a fork bomb dies out. */
+TRACEPOINT_PROBE(task, task_newtask)
+{
+	if (args->clone_flags & NG_CLONE_THREAD)
+		return 0;
+	u64 cgid, gid;
+	struct ng_cgroup_policy *pol = ng_current_policy_at(&cgid, &gid);
+	if (!pol || !(pol->flags & NG_POLICY_LIMITS))
+		return 0;
+	u32 pid = pol->policy_id;
+	struct ng_limits *lim = policy_limits.lookup(&pid);
+	if (!lim)
+		return 0;
+	struct ng_budget *b = ng_budget_of(gid);
+	if (!b)
+		return 0;
+	s64 procs = __sync_fetch_and_add(&b->processes, 1) + 1;
+	if (lim->max_processes && procs > (s64)lim->max_processes) {
+		ng_limit_broken(pol, cgid, lim, b, NG_LIMIT_PROCESSES);
+		return 0;
+	}
+	if (lim->fork_interval_ns &&
+	    !ng_gcra(&b->fork_tat_ns, bpf_ktime_get_ns(), lim->fork_interval_ns,
+		     lim->fork_tolerance_ns))
+		ng_limit_broken(pol, cgid, lim, b, NG_LIMIT_FORK_RATE);
+	return 0;
+}
+
+/* The last thread of a process in a guarded pod exits: one live process less. */
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+	if (!args->group_dead)
+		return 0;
+	u64 cgid, gid;
+	struct ng_cgroup_policy *pol = ng_current_policy_at(&cgid, &gid);
+	if (!pol || !(pol->flags & NG_POLICY_LIMITS))
+		return 0;
+	struct ng_budget *b = budget.lookup(&gid);
+	if (b && b->processes > 0)
+		__sync_fetch_and_add(&b->processes, -1);
+	return 0;
+}
+
+/* execsPerSecond: a second program on sched_process_exec (kept apart from the allowlist
+ * check so each stays well inside the verifier's budget). */
+int ng_exec_budget(void *ctx)
+{
+	u64 cgid, gid;
+	struct ng_cgroup_policy *pol = ng_current_policy_at(&cgid, &gid);
+	if (!pol || !(pol->flags & NG_POLICY_LIMITS))
+		return 0;
+	u32 pid = pol->policy_id;
+	struct ng_limits *lim = policy_limits.lookup(&pid);
+	if (!lim || !lim->exec_interval_ns)
+		return 0;
+	struct ng_budget *b = ng_budget_of(gid);
+	if (!b)
+		return 0;
+	if (!ng_gcra(&b->exec_tat_ns, bpf_ktime_get_ns(), lim->exec_interval_ns,
+		     lim->exec_tolerance_ns))
+		ng_limit_broken(pol, cgid, lim, b, NG_LIMIT_EXEC_RATE);
+	return 0;
+}
 
 /* -------------------------------------------------------------------- exec --- */
 
@@ -384,5 +573,181 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 	bpf_probe_read_kernel(e->path, NG_PATH_MAX, k->path);
 	events.ringbuf_submit(e, 0);
 	ng_count(NG_CNT_EVENTS_EMITTED);
+	return 0;
+}
+
+
+/* ----------------------------------------------------------------- sockets --- */
+
+static __always_inline int ng_socket_rule_matches(struct ng_socket_rule *r, u32 type, u32 proto)
+{
+	if (!(r->types & (1u << (type & 0xf))))
+		return 0;
+	if (r->protocols == NG_SOCK_ALL)
+		return 1;
+	return proto < 32 && (r->protocols & (1u << proto));
+}
+
+static __always_inline void ng_socket_report(struct ng_cgroup_policy *pol, u64 cgid, u32 family,
+					     u32 type, u32 proto, u32 hook)
+{
+	ng_count(NG_CNT_VIOLATIONS);
+	u64 now = bpf_ktime_get_ns();
+	struct ng_agg_key ak;
+	__builtin_memset(&ak, 0, sizeof(ak));
+	ak.cgroup_id = cgid;
+	ak.policy_id = pol->policy_id;
+	ak.op = NG_OP_SOCKET;
+	__builtin_memcpy(&ak.addr[0], &family, 4);
+	__builtin_memcpy(&ak.addr[4], &type, 4);
+	__builtin_memcpy(&ak.addr[8], &proto, 4);
+	u64 total, first;
+	if (!ng_aggregate(&ak, now, &total, &first))
+		return;
+	struct ng_socket_event *e = ng_reserve(sizeof(struct ng_socket_event));
+	if (!e)
+		return;
+	ng_fill_hdr(&e->hdr, NG_OP_SOCKET, sizeof(*e), pol, cgid, now, total, first);
+	if (hook == NG_SOCK_TRACEPOINT)
+		e->hdr.verdict = NG_VERDICT_AUDITED;
+	e->family = family;
+	e->type = type;
+	e->protocol = proto;
+	e->hook = hook;
+	ng_submit(e);
+}
+
+/* cgroup sock_create (AF_INET / AF_INET6 only: the kernel runs it from inet_create and
+ * inet6_create). Returns 0 to fail socket() with EPERM. */
+int ng_sock_create(struct bpf_sock *ctx)
+{
+	u64 cgid;
+	struct ng_cgroup_policy *pol = ng_current_policy(&cgid);
+	if (!pol || !(pol->flags & NG_POLICY_SOCKETS))
+		return 1;
+	struct ng_socket_key k = {};
+	k.policy_id = pol->policy_id;
+	k.family = ctx->family;
+	struct ng_socket_rule *r = socket_deny.lookup(&k);
+	u32 type = ctx->type, proto = ctx->protocol;
+	if (!r || !ng_socket_rule_matches(r, type, proto))
+		return 1;
+	int audit = pol->flags & NG_POLICY_AUDIT;
+	if (!audit)
+		ng_count(NG_CNT_SOCKET_DENIED);
+	ng_socket_report(pol, cgid, k.family, type & 0xf, proto, NG_SOCK_CGROUP);
+	return audit ? 1 : 0;
+}
+
+/* Audit of other families: attached to syscalls:sys_enter_socket only while a loaded
+ * policy audits a family the sock_create hook cannot see. (Enforce mode never gets here:
+ * the seccomp filter answers those calls with EPERM.) */
+struct ng_sys_enter_args {
+	u64 common;      /* common_type, common_flags, common_preempt_count, common_pid */
+	s32 nr;          /* __syscall_nr */
+	u32 _pad;
+	u64 args[6];
+};
+
+int ng_socket_audit(struct ng_sys_enter_args *ctx)
+{
+	u64 cgid;
+	struct ng_cgroup_policy *pol = ng_current_policy(&cgid);
+	if (!pol || !(pol->flags & NG_POLICY_SOCKETS) || !(pol->flags & NG_POLICY_AUDIT))
+		return 0;
+	u32 family = (u32)ctx->args[0];
+	if (family == NG_AF_INET || family == NG_AF_INET6)
+		return 0; /* the sock_create hook reports those */
+	u32 type = (u32)ctx->args[1] & 0xf, proto = (u32)ctx->args[2];
+	struct ng_socket_key k = {};
+	k.policy_id = pol->policy_id;
+	k.family = family;
+	struct ng_socket_rule *r = socket_deny.lookup(&k);
+	if (r && ng_socket_rule_matches(r, type, proto))
+		ng_socket_report(pol, cgid, family, type, proto, NG_SOCK_TRACEPOINT);
+	return 0;
+}
+
+/* ---------------------------------------------------------------- syscalls --- */
+
+static __always_inline void ng_syscall_report(struct ng_cgroup_policy *pol, u64 cgid, u32 nr,
+					      u32 arch, u32 mechanism)
+{
+	ng_count(NG_CNT_VIOLATIONS);
+	u64 now = bpf_ktime_get_ns();
+	struct ng_agg_key ak;
+	__builtin_memset(&ak, 0, sizeof(ak));
+	ak.cgroup_id = cgid;
+	ak.policy_id = pol->policy_id;
+	ak.op = NG_OP_SYSCALL;
+	__builtin_memcpy(&ak.addr[0], &nr, 4);
+	__builtin_memcpy(&ak.addr[4], &arch, 4);
+	u64 total, first;
+	if (!ng_aggregate(&ak, now, &total, &first))
+		return;
+	struct ng_syscall_event *e = ng_reserve(sizeof(struct ng_syscall_event));
+	if (!e)
+		return;
+	ng_fill_hdr(&e->hdr, NG_OP_SYSCALL, sizeof(*e), pol, cgid, now, total, first);
+	e->hdr.verdict = mechanism == NG_SYSCALL_SECCOMP_KILL ? NG_VERDICT_BLOCKED :
+								NG_VERDICT_AUDITED;
+	e->nr = nr;
+	e->arch = arch;
+	e->mechanism = mechanism;
+	e->_pad = 0;
+	ng_submit(e);
+}
+
+/* signal_generate(int sig, struct kernel_siginfo *info, struct task_struct *task, int group,
+ * int result): a seccomp kill is SIGSYS with si_code SYS_SECCOMP sent by the task to
+ * itself. siginfo's layout is user ABI (siginfo_t): si_code at 8, and for SIGSYS
+ * si_syscall at 24, si_arch at 28 on 64-bit. The filter already killed the caller before
+ * the syscall ran; this only reports it. */
+RAW_TRACEPOINT_PROBE(signal_generate)
+{
+	if ((int)ctx->args[0] != NG_SIGSYS)
+		return 0;
+	if (ctx->args[2] != bpf_get_current_task())
+		return 0;
+	void *info = (void *)ctx->args[1];
+	s32 code = 0;
+	bpf_probe_read_kernel(&code, sizeof(code), info + 8);
+	if (code != NG_SYS_SECCOMP)
+		return 0;
+	u64 cgid;
+	struct ng_cgroup_policy *pol = ng_current_policy(&cgid);
+	if (!pol || !(pol->flags & NG_POLICY_SYSCALLS))
+		return 0;
+	u32 nr = 0, arch = 0;
+	bpf_probe_read_kernel(&nr, sizeof(nr), info + 24);
+	bpf_probe_read_kernel(&arch, sizeof(arch), info + 28);
+	struct ng_syscall_key k = {};
+	k.policy_id = pol->policy_id;
+	k.nr = arch == NG_AUDIT_ARCH_I386 ? (nr | NG_SYSCALL_COMPAT) : nr;
+	/* x32 calls are refused wholesale by the filter; anything else is another filter's */
+	if (!(nr & NG_X32_SYSCALL_BIT) && !syscall_deny.lookup(&k))
+		return 0;
+	ng_count(NG_CNT_SYSCALL_KILLED);
+	ng_syscall_report(pol, cgid, nr, arch, NG_SYSCALL_SECCOMP_KILL);
+	return 0;
+}
+
+/* Audit action: attached to syscalls:sys_enter_<name> for each syscall some loaded policy
+ * audits, and only while one does (every syscall tracepoint slows every syscall on the
+ * node, see docs/performance.md). */
+int ng_syscall_audit(struct ng_sys_enter_args *ctx)
+{
+	u64 cgid;
+	struct ng_cgroup_policy *pol = ng_current_policy(&cgid);
+	if (!pol || !(pol->flags & NG_POLICY_SYSCALLS))
+		return 0;
+	if (!(pol->flags & (NG_POLICY_AUDIT | NG_POLICY_SYSCALL_AUDIT)))
+		return 0; /* kill action: the seccomp filter handles it */
+	struct ng_syscall_key k = {};
+	k.policy_id = pol->policy_id;
+	k.nr = (u32)ctx->nr;
+	if (!syscall_deny.lookup(&k))
+		return 0;
+	ng_syscall_report(pol, cgid, k.nr, NG_AUDIT_ARCH_NATIVE, NG_SYSCALL_TRACEPOINT);
 	return 0;
 }

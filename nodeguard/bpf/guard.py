@@ -4,12 +4,15 @@ One :class:`Guard` owns one loaded copy of the programs and maps. It
 
 - loads compiled policies into the rule maps under a policy id (all or nothing),
 - guards cgroups: writes cgroup id -> policy, then attaches the four sock_addr programs
-  (only to cgroups that pass :func:`assert_safe_target`),
+  and the sock_create program (only to cgroups that pass :func:`assert_safe_target`),
 - hands ring buffer records to a callback, and exposes counters and aggregates,
 - detaches everything it attached on :meth:`close` (also called on errors).
 
-The exec tracepoint is attached when the module loads; it does nothing for a process
-whose cgroup (or guarded ancestor) is not in ``cgroup_policy``.
+The tracepoints (exec, fork, exit, and the signal_generate raw tracepoint that reports
+seccomp kills) are attached when the module loads; they do nothing for a process whose
+cgroup (or guarded ancestor) is not in ``cgroup_policy``. The per-syscall audit
+tracepoints are attached on demand (:meth:`Guard.set_audit`), only while a loaded policy
+audits a syscall, because every syscall tracepoint slows every syscall on the node.
 """
 
 from __future__ import annotations
@@ -31,12 +34,29 @@ from nodeguard.bpf import abi, maps, syscalls
 from nodeguard.errors import BccMissingError, BpfLoadError, NodeguardError
 from nodeguard.identity.cgroupfs import assert_safe_target, cgroup_id, cgroup_level
 from nodeguard.policy.compiled import CompiledPolicy, Mode
+from nodeguard.policy.syscalls import host_arch
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 GUARD_SOURCE = BPF_DIR / "guard.bpf.c"
 BPF_F_ALLOW_MULTI = 1 << 1
 EXEC_TRACEPOINT = ("sched", "sched_process_exec")
 EXEC_FN = b"tracepoint__sched__sched_process_exec"
+# (link name, category, tracepoint, function): attached for the life of the programs
+TRACEPOINTS: tuple[tuple[str, str, str, bytes], ...] = (
+    ("exec", *EXEC_TRACEPOINT, EXEC_FN),
+    ("exec-budget", *EXEC_TRACEPOINT, b"ng_exec_budget"),
+    ("fork", "task", "task_newtask", b"tracepoint__task__task_newtask"),
+    ("exit", "sched", "sched_process_exit", b"tracepoint__sched__sched_process_exit"),
+)
+# (link name, raw tracepoint, function)
+RAW_TRACEPOINTS: tuple[tuple[str, str, bytes], ...] = (
+    ("seccomp-kill", "signal_generate", b"raw_tracepoint__signal_generate"),
+)
+SYSCALL_AUDIT_FN = b"ng_syscall_audit"
+SOCKET_AUDIT_FN = b"ng_socket_audit"
+TRACEFS = Path("/sys/kernel/tracing")
+# syscalls whose tracepoint is named differently from the syscall
+_TRACEPOINT_NAMES = {"umount2": "umount", "newfstatat": "newfstatat", "_sysctl": "sysctl"}
 BPFFS_MAGIC = 0xCAFE4A11
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./-]+$")
 
@@ -45,6 +65,8 @@ ATTACH_INET4_CONNECT = 10
 ATTACH_INET6_CONNECT = 11
 ATTACH_UDP4_SENDMSG = 14
 ATTACH_UDP6_SENDMSG = 15
+ATTACH_INET_SOCK_CREATE = 2
+PROG_TYPE_CGROUP_SOCK = 9
 PROG_TYPE_CGROUP_SOCK_ADDR = 18
 
 EGRESS_PROGRAMS: tuple[tuple[str, int], ...] = (
@@ -55,6 +77,13 @@ EGRESS_PROGRAMS: tuple[tuple[str, int], ...] = (
 )
 EGRESS_NAMES = frozenset(name for name, _ in EGRESS_PROGRAMS)
 EGRESS_ATTACH_TYPES = tuple(attach_type for _, attach_type in EGRESS_PROGRAMS)
+# Every program attached to a guarded cgroup: (name, program type, attach type).
+CGROUP_PROGRAMS: tuple[tuple[str, int, int], ...] = (
+    *((name, PROG_TYPE_CGROUP_SOCK_ADDR, attach_type) for name, attach_type in EGRESS_PROGRAMS),
+    ("ng_sock_create", PROG_TYPE_CGROUP_SOCK, ATTACH_INET_SOCK_CREATE),
+)
+CGROUP_NAMES = frozenset(name for name, _, _ in CGROUP_PROGRAMS)
+CGROUP_ATTACH_TYPES = tuple(attach_type for _, _, attach_type in CGROUP_PROGRAMS)
 
 _log = log.get("nodeguard.bpf.guard")
 
@@ -69,9 +98,21 @@ class GuardLimits:
     agg_max: int = 1 << 14
     ringbuf_pages: int = 256  # 1 MiB with 4 KiB pages; must be a power of two
     agg_window_ms: int = 1000
+    syscall_max: int = 1 << 14  # (policy, syscall) deny entries
+    socket_max: int = 1 << 12  # (policy, family) deny entries
+    policy_max: int = 1 << 12  # policies with process budgets
 
     def cflags(self, pin_dir: Path | None = None) -> list[str]:
-        for name in ("max_cgroups", "egress_max", "exec_max", "agg_max", "agg_window_ms"):
+        for name in (
+            "max_cgroups",
+            "egress_max",
+            "exec_max",
+            "agg_max",
+            "agg_window_ms",
+            "syscall_max",
+            "socket_max",
+            "policy_max",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or not 1 <= value <= 1 << 24:
                 raise NodeguardError(f"guard limit {name}={value!r} must be in 1..{1 << 24}")
@@ -88,6 +129,9 @@ class GuardLimits:
             f"-DNG_AGG_MAX={self.agg_max}",
             f"-DNG_RINGBUF_PAGES={pages}",
             f"-DNG_AGG_WINDOW_NS={self.agg_window_ms * 1_000_000}ULL",
+            f"-DNG_SYSCALL_MAX={self.syscall_max}",
+            f"-DNG_SOCKET_MAX={self.socket_max}",
+            f"-DNG_POLICY_MAX={self.policy_max}",
             "-Wno-unused-function",
             *([f'-DNG_PIN_DIR="{pin_dir}"'] if pin_dir is not None else []),
         ]
@@ -208,13 +252,13 @@ class Guard:
             ) from err
         self._fns: dict[int, Any] = {}
         try:
-            for name, attach_type in EGRESS_PROGRAMS:
+            for name, prog_type, attach_type in CGROUP_PROGRAMS:
                 self._fns[attach_type] = self._bpf.load_func(
-                    name.encode(), PROG_TYPE_CGROUP_SOCK_ADDR, attach_type=attach_type
+                    name.encode(), prog_type, attach_type=attach_type
                 )
         except Exception as err:
             self._bpf.cleanup()
-            raise BpfLoadError(f"cannot load cgroup sock_addr program: {err}") from err
+            raise BpfLoadError(f"cannot load cgroup socket program: {err}") from err
         # kernel tag per program: tells our programs from another version's on a cgroup
         self._tags = {t: syscalls.prog_tag(fn.fd) for t, fn in self._fns.items()}
         self._guarded: dict[int, _Guarded] = {}
@@ -222,29 +266,92 @@ class Guard:
         self._next_policy_id = 1 + max(self.policy_ids_in_maps(), default=0)
         self._closed = False
         self._ringbuf_open = False
+        self._links: dict[str, int] = {}  # link name -> fd (unpinned: closing detaches)
+        self._host_arch = host_arch()
         try:
-            self._attach_exec()
+            for link, category, tracepoint, fn_name in TRACEPOINTS:
+                self._attach_tracepoint(link, category, tracepoint, fn_name)
+            for link, raw_tp, fn_name in RAW_TRACEPOINTS:
+                self._attach_raw_tracepoint(link, raw_tp, fn_name)
         except Exception as err:
+            self._close_links()
             self._bpf.cleanup()
-            raise BpfLoadError(f"cannot attach the exec tracepoint: {err}") from err
+            raise BpfLoadError(f"cannot attach the guard's tracepoints: {err}") from err
 
-    def _attach_exec(self) -> None:
+    def _keep_link(self, link: str, link_fd: int) -> None:
+        """Pin a link (agent) or hold its fd (run); either way it stays attached."""
         if self.pin_dir is None:
-            self._bpf.attach_tracepoint(tp=b"sched:sched_process_exec", fn_name=EXEC_FN)
+            self._links[link] = link_fd
             return
-        link_path = self.pin_dir / "links" / "exec"
-        if link_path.exists():
-            return  # adopted: the pinned link of an earlier agent keeps running
-        fn = self._bpf.load_func(EXEC_FN, self._bcc.BPF.TRACEPOINT)
-        perf_fd = syscalls.perf_event_open_tracepoint(syscalls.tracepoint_id(*EXEC_TRACEPOINT))
         try:
-            link_fd = syscalls.link_create_perf_event(fn.fd, perf_fd)
-            try:
-                syscalls.obj_pin(link_fd, link_path)
-            finally:
-                os.close(link_fd)
+            syscalls.obj_pin(link_fd, self.pin_dir / "links" / link)
+        finally:
+            os.close(link_fd)
+
+    def _has_link(self, link: str) -> bool:
+        if self.pin_dir is None:
+            return link in self._links
+        return (self.pin_dir / "links" / link).exists()
+
+    def _attach_tracepoint(self, link: str, category: str, tracepoint: str, fn_name: bytes) -> None:
+        if self._has_link(link):
+            return  # adopted: the pinned link of an earlier agent keeps running
+        fn = self._bpf.load_func(fn_name, self._bcc.BPF.TRACEPOINT)
+        perf_fd = syscalls.perf_event_open_tracepoint(syscalls.tracepoint_id(category, tracepoint))
+        try:
+            self._keep_link(link, syscalls.link_create_perf_event(fn.fd, perf_fd))
         finally:
             os.close(perf_fd)
+
+    def _attach_raw_tracepoint(self, link: str, raw_tp: str, fn_name: bytes) -> None:
+        if self._has_link(link):
+            return
+        fn = self._bpf.load_func(fn_name, self._bcc.BPF.RAW_TRACEPOINT)
+        self._keep_link(link, syscalls.raw_tracepoint_open(fn.fd, raw_tp))
+
+    def _drop_link(self, link: str) -> None:
+        if self.pin_dir is None:
+            fd = self._links.pop(link, None)
+            if fd is not None:
+                os.close(fd)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            (self.pin_dir / "links" / link).unlink()
+
+    def _close_links(self) -> None:
+        for fd in self._links.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._links.clear()
+
+    # ------------------------------------------------------- audit tracepoints ---
+    def audit_links(self) -> set[str]:
+        """Names of the audit tracepoints attached now (``sys_enter_<syscall>``)."""
+        if self.pin_dir is None:
+            names = set(self._links)
+        else:
+            names = {p.name for p in (self.pin_dir / "links").iterdir()}
+        return {n.removeprefix("audit-") for n in names if n.startswith("audit-")}
+
+    def set_audit(self, syscall_names: Iterable[str], sockets: bool) -> list[str]:
+        """Attach the audit tracepoints for exactly these syscalls (and sys_enter_socket
+        when ``sockets``), detaching the ones no longer needed. Returns the syscalls that
+        have no tracepoint on this kernel (their audit sees nothing: say so to the user)."""
+        wanted: dict[str, bytes] = {}
+        missing: list[str] = []
+        for name in sorted(set(syscall_names)):
+            tp = tracepoint_of(name)
+            if tp is None:
+                missing.append(name)
+            else:
+                wanted[tp] = SYSCALL_AUDIT_FN
+        if sockets:
+            wanted["sys_enter_socket"] = SOCKET_AUDIT_FN
+        for tp in self.audit_links() - set(wanted):
+            self._drop_link(f"audit-{tp}")
+        for tp, fn_name in wanted.items():
+            self._attach_tracepoint(f"audit-{tp}", "syscalls", tp, fn_name)
+        return missing
 
     def policy_ids_in_maps(self) -> set[int]:
         """Policy ids present in the kernel maps (pinned state of an earlier agent)."""
@@ -254,16 +361,25 @@ class Guard:
         for name in ("egress_rules", "exec_rules"):
             for key in self.table(name).keys():  # noqa: SIM118 - BCC tables iterate keys
                 ids.add(int.from_bytes(bytes(key)[4:8], "little"))
+        for name in ("syscall_deny", "socket_deny", "policy_limits"):
+            for key in self.table(name).keys():  # noqa: SIM118 - BCC tables iterate keys
+                ids.add(int.from_bytes(bytes(key)[0:4], "little"))
         return ids
 
     def gc_policies(self, keep: set[int]) -> int:
         """Delete rule entries of policy ids not in ``keep`` (left by an earlier agent).
         Returns how many entries were removed."""
         removed = 0
-        for name in ("egress_rules", "exec_rules"):
+        for name, offset in (
+            ("egress_rules", 4),
+            ("exec_rules", 4),
+            ("syscall_deny", 0),
+            ("socket_deny", 0),
+            ("policy_limits", 0),
+        ):
             table = self.table(name)
             for key in list(table.keys()):
-                if int.from_bytes(bytes(key)[4:8], "little") not in keep:
+                if int.from_bytes(bytes(key)[offset : offset + 4], "little") not in keep:
                     with contextlib.suppress(KeyError):
                         del table[key]
                         removed += 1
@@ -289,13 +405,17 @@ class Guard:
             for xkey, xvalue in maps.exec_entries(policy_id, policy):
                 exec_rules[xkey] = xvalue
                 written.append((exec_rules, xkey))
+            for table, key, value in self._sandbox_entries(policy_id, policy):
+                table[key] = value
+                written.append((table, key))
         except Exception as err:
             for table, key in reversed(written):
                 with contextlib.suppress(Exception):
                     del table[key]
             raise BpfLoadError(
                 f"cannot load policy {policy.name!r} into the kernel maps: {err}",
-                fix="the rule maps may be full: raise egress_max/exec_max or split the policy",
+                fix="the rule maps may be full: raise egress_max/exec_max/syscall_max/"
+                "socket_max/policy_max or split the policy",
             ) from err
         self._policies[policy_id] = policy
         _log.debug(
@@ -319,6 +439,23 @@ class Guard:
         for xkey, _ in maps.exec_entries(policy_id, policy):
             with contextlib.suppress(KeyError):
                 del exec_rules[xkey]
+        for table, key, _ in self._sandbox_entries(policy_id, policy):
+            with contextlib.suppress(KeyError):
+                del table[key]
+
+    def _sandbox_entries(
+        self, policy_id: int, policy: CompiledPolicy
+    ) -> list[tuple[Any, Any, Any]]:
+        """(table, key, value) of a policy's syscall, socket and budget entries."""
+        out: list[tuple[Any, Any, Any]] = []
+        deny = self.table("syscall_deny")
+        out += [(deny, k, v) for k, v in maps.syscall_entries(policy_id, policy, self._host_arch)]
+        sockets = self.table("socket_deny")
+        out += [(sockets, k, v) for k, v in maps.socket_entries(policy_id, policy)]
+        limits = maps.limits_entry(policy)
+        if limits is not None:
+            out.append((self.table("policy_limits"), ct.c_uint32(policy_id), limits))
+        return out
 
     @property
     def policies(self) -> dict[int, CompiledPolicy]:
@@ -359,6 +496,7 @@ class Guard:
                 self._bcc.BPF.attach_func(fn, fd, attach_type, BPF_F_ALLOW_MULTI)
                 entry.attached.append((fn, attach_type))
             self._write_storage(cgid, value)
+            self._seed_budget(cgid, path)
             # Make before break: another version's programs go only once ours enforce.
             for attach_type, prog_id in older:
                 detach_prog_id(fd, attach_type, prog_id)
@@ -380,6 +518,31 @@ class Guard:
         self.table("cgroup_policy")[ct.c_uint64(cgid)] = value
         self._write_storage(cgid, value)
         entry.policy_id = policy_id
+        self._seed_budget(cgid, entry.path)
+
+    def _seed_budget(self, cgid: int, path: Path) -> None:
+        """Start a guarded cgroup's budget with the processes already in it (kept if the
+        cgroup has one: a restarted agent or a policy change must not reset counts)."""
+        table = self.table("budget")
+        if ct.c_uint64(cgid) in table:
+            return
+        value = abi.Budget()
+        value.processes = count_processes(path)
+        table[ct.c_uint64(cgid)] = value
+
+    def add_processes(self, cgid: int, delta: int) -> None:
+        """Count processes that join a guarded cgroup from outside (fork hooks only count
+        processes created inside it): `nodeguard run` adds its command this way."""
+        table = self.table("budget")
+        key = ct.c_uint64(cgid)
+        value = abi.Budget.from_buffer_copy(bytes(table[key])) if key in table else abi.Budget()
+        value.processes = max(0, value.processes + delta)
+        table[key] = value
+
+    def budget(self, cgid: int) -> abi.Budget | None:
+        table = self.table("budget")
+        key = ct.c_uint64(cgid)
+        return abi.Budget.from_buffer_copy(bytes(table[key])) if key in table else None
 
     def unguard(self, cgid: int) -> None:
         entry = self._guarded.pop(cgid, None)
@@ -393,6 +556,8 @@ class Guard:
         detach_ours(entry.fd, entry.adopted)
         with contextlib.suppress(KeyError):
             del self.table("cgroup_policy")[ct.c_uint64(cgid)]
+        with contextlib.suppress(KeyError):
+            del self.table("budget")[ct.c_uint64(cgid)]
         self._write_levels()
         os.close(entry.fd)
 
@@ -405,7 +570,7 @@ class Guard:
         lib = self._bcc.libbcc.lib
         fd = lib.bpf_table_fd(self._bpf.module, b"egress_policy")
         stored = abi.CgroupPolicy(value.policy_id, value.flags | abi.PolicyFlag.ACTIVE)
-        for attach_type in self._fns:
+        for attach_type in EGRESS_ATTACH_TYPES:
             key = abi.CgroupStorageKey(cgroup_inode_id=cgid, attach_type=attach_type)
             res = lib.bpf_update_elem(
                 fd,
@@ -475,6 +640,7 @@ class Guard:
             for entry in self._guarded.values():
                 os.close(entry.fd)
             self._guarded.clear()
+        self._close_links()
         with contextlib.suppress(Exception):
             self._bpf.cleanup()
 
@@ -514,23 +680,42 @@ def detach_prog_id(cgroup_fd: int, attach_type: int, prog_id: int) -> bool:
 
 
 def our_programs(cgroup_fd: int, attach_type: int) -> list[tuple[int, bytes]]:
-    """(id, tag) of the nodeguard egress programs attached to a cgroup for one attach type,
+    """(id, tag) of the nodeguard cgroup programs attached to a cgroup for one attach type,
     whoever attached them (this agent, an earlier one, another version)."""
     return [
         (prog_id, tag)
         for prog_id, name, tag in syscalls.attached_programs(cgroup_fd, attach_type)
-        if name in EGRESS_NAMES
+        if name in CGROUP_NAMES
     ]
 
 
-def detach_ours(cgroup_fd: int, attach_types: Iterable[int] = EGRESS_ATTACH_TYPES) -> int:
-    """Detach every nodeguard egress program attached to a cgroup (including ones an
+def detach_ours(cgroup_fd: int, attach_types: Iterable[int] = CGROUP_ATTACH_TYPES) -> int:
+    """Detach every nodeguard cgroup program attached to a cgroup (including ones an
     earlier agent attached). Returns how many were detached."""
     return sum(
         detach_prog_id(cgroup_fd, attach_type, prog_id)
         for attach_type in attach_types
         for prog_id, _ in our_programs(cgroup_fd, attach_type)
     )
+
+
+def tracepoint_of(syscall: str, tracefs: Path = TRACEFS) -> str | None:
+    """The sys_enter tracepoint of a syscall on this kernel, None if it has none (built
+    out, like init_module without module support, or a name the tracepoints spell
+    differently and we do not know)."""
+    for name in (syscall, _TRACEPOINT_NAMES.get(syscall)):
+        if name and (tracefs / "events" / "syscalls" / f"sys_enter_{name}").is_dir():
+            return f"sys_enter_{name}"
+    return None
+
+
+def count_processes(path: Path) -> int:
+    """Processes (thread groups) in a cgroup and its descendants."""
+    total = 0
+    for procs in [path / "cgroup.procs", *path.rglob("*/cgroup.procs")]:
+        with contextlib.suppress(OSError):
+            total += sum(1 for line in procs.read_text().splitlines() if line.strip())
+    return total
 
 
 def remove_pin_set(pin_dir: Path) -> None:

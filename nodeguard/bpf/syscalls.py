@@ -30,6 +30,7 @@ BPF_PROG_QUERY = 16
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_LINK_CREATE = 28
+BPF_RAW_TRACEPOINT_OPEN = 17
 
 BPF_PERF_EVENT = 41  # enum bpf_attach_type
 PERF_TYPE_TRACEPOINT = 2
@@ -97,6 +98,12 @@ def link_create_perf_event(prog_fd: int, perf_fd: int) -> int:
         BPF_LINK_CREATE,
         _attr((0, "I", prog_fd), (4, "I", perf_fd), (8, "I", BPF_PERF_EVENT)),
     )
+
+
+def raw_tracepoint_open(prog_fd: int, name: str) -> int:
+    """Attach a raw tracepoint program; the fd is a BPF link (pin it to keep it)."""
+    cname = ct.create_string_buffer(name.encode())
+    return _bpf(BPF_RAW_TRACEPOINT_OPEN, _attr((0, "Q", ct.addressof(cname)), (8, "I", prog_fd)))
 
 
 def prog_query(target_fd: int, attach_type: int, capacity: int = 64) -> list[int]:
