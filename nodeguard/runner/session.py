@@ -11,12 +11,14 @@ removed, also after Ctrl-C, SIGTERM or an error.
 from __future__ import annotations
 
 import os
+import queue
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -31,13 +33,17 @@ from nodeguard.events.clock import MonotonicClock
 from nodeguard.events.decode import DecodeStats, decode
 from nodeguard.events.model import PolicyRef, Violation
 from nodeguard.events.ocsf import to_json_line
-from nodeguard.identity.cgroupfs import kill_all
+from nodeguard.identity.cgroupfs import cgroup_id, kill_all, own_cgroup_path
 from nodeguard.policy import compile_policy, load_policy_file
 from nodeguard.policy.compiled import CompiledPolicy, Mode
+from nodeguard.policy.syscalls import host_arch
 from nodeguard.runner.cgroup import create_run_cgroup, remove_run_cgroup, sweep_stale
 from nodeguard.runner.identity import RunAs, describe, resolve_user
 from nodeguard.runner.preflight import preflight, require_root
 from nodeguard.runner.report import RunReport, describe_violation, render_summary
+from nodeguard.seccomp import filter as seccomp_filter
+from nodeguard.seccomp.install import install as install_seccomp
+from nodeguard.seccomp.notify import SocketNotifier
 
 EXIT_VIOLATION = 3
 POLL_MS = 100
@@ -45,6 +51,17 @@ SIGINT_GRACE_S = 2.0  # Ctrl-C from a terminal already reached the command's pro
 STOP_GRACE_S = 5.0  # after forwarding a signal, wait this long before killing the cgroup
 
 _log = log.get("nodeguard.runner")
+
+
+@dataclass(frozen=True, slots=True)
+class Sandbox:
+    """The seccomp side of a run: the filter the child installs before exec, and what
+    the supervisor needs to serve its socket notifications."""
+
+    program: bytes
+    plan: seccomp_filter.SeccompPlan
+    policy: CompiledPolicy
+    policy_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +151,9 @@ class RunSession:
         self.stats = DecodeStats()
         self._out: IO[str] | None = None
         self._stdout = opts.events == "-"
+        self._records: queue.SimpleQueue[bytes] = queue.SimpleQueue()  # from the notifier
+        self._notifier: SocketNotifier | None = None
+        self._mount = Path("/")
 
     # --------------------------------------------------------------- events ---
     def _emit(self, violation: Violation) -> None:
@@ -162,6 +182,7 @@ class RunSession:
         executable = resolve_command(opts.command)
         run_as = resolve_user(opts.user)
         mount = preflight()
+        self._mount = mount
         sweep_stale(mount)
         self._out = _open_events(opts.events)
         mode: Mode = opts.mode or compiled.mode
@@ -171,10 +192,21 @@ class RunSession:
         guard: Guard | None = None
         cgroup: Path | None = None
         try:
+            plan = seccomp_filter.plan(compiled, mode)
+            sandbox = (
+                Sandbox(seccomp_filter.assemble(plan, host_arch()), plan, compiled, 0)
+                if plan is not None
+                else None
+            )
             guard = Guard(opts.limits)
             policy_id = guard.load_policy(compiled)
+            if sandbox is not None:
+                sandbox = Sandbox(sandbox.program, sandbox.plan, compiled, policy_id)
             cgroup = create_run_cgroup(mount)
-            guard.guard(mount, cgroup, policy_id, mode)
+            cgid = guard.guard(mount, cgroup, policy_id, mode)
+            self._set_audit(guard, compiled, mode)
+            if compiled.limits is not None:
+                guard.add_processes(cgid, 1)  # the command joins from outside
             ref = PolicyRef(
                 name=compiled.name, uid=compiled.uid, version=compiled.version, mode=mode
             )
@@ -193,16 +225,24 @@ class RunSession:
                 cgroup=str(cgroup),
                 user=describe(run_as),
             )
-            status = self._supervise(guard, cgroup, executable, run_as)
+            status = self._supervise(
+                guard, cgroup, executable, run_as, sandbox, lambda: self._pump(builder)
+            )
             # Final accounting: every attempt the kernel counted becomes part of a record.
             guard.drain()
-            for key, value in guard.aggregates():
+            self._pump(builder)
+            residuals = guard.aggregates()
+            if self._notifier is not None:
+                residuals += self._notifier.aggregates()
+            for key, value in residuals:
                 residual = builder.from_residual(key, value)
                 if residual is not None:
                     self._emit(residual)
             self.report.kernel = guard.counters()
             self.report.undecodable = self.stats.unknown_op + self.stats.malformed
         finally:
+            if self._notifier is not None:
+                self._notifier.stop()
             if guard is not None:
                 guard.close()
             if cgroup is not None:
@@ -217,29 +257,102 @@ class RunSession:
             return EXIT_VIOLATION
         return status
 
-    def _supervise(self, guard: Guard, cgroup: Path, executable: str, run_as: RunAs) -> int:
+    def _pump(self, builder: ViolationBuilder) -> None:
+        """Records the seccomp notifier made (on its thread) into the stream, here."""
+        while True:
+            try:
+                data = self._records.get_nowait()
+            except queue.Empty:
+                return
+            self._on_record(builder, data)
+
+    def _set_audit(self, guard: Guard, compiled: CompiledPolicy, mode: Mode) -> None:
+        """Audit of syscalls / non-inet sockets: per-syscall tracepoints, only now."""
+        names = (
+            compiled.syscalls.names
+            if compiled.syscalls is not None and compiled.syscall_audit(mode)
+            else ()
+        )
+        sockets = mode == "audit" and bool(
+            compiled.sockets is not None and compiled.sockets.seccomp_families
+        )
+        missing = guard.set_audit(names, sockets)
+        if missing:
+            print(
+                "nodeguard: warning: audit cannot observe "
+                + ", ".join(missing)
+                + " (no tracepoint for it on this kernel); the kill action would still "
+                "stop it (seccomp)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def _start_notifier(self, sandbox: Sandbox, sock: socket.socket, cgroup: Path) -> None:
+        sock.settimeout(10)
+        try:
+            _msg, fds, _flags, _addr = socket.recv_fds(sock, 1, 1)
+        except OSError as err:
+            raise CommandError(f"did not receive the seccomp listener: {err}") from err
+        if not fds or sandbox.policy.sockets is None:
+            raise CommandError("the command started without a seccomp listener")
+        mount = self._mount
+        fallback = cgroup_id(cgroup)
+
+        def cgroup_of(tid: int) -> int:
+            try:
+                return cgroup_id(own_cgroup_path(mount, tid))
+            except (OSError, NodeguardError):
+                return fallback
+
+        self._notifier = SocketNotifier(
+            fds[0],
+            sandbox.policy.sockets,
+            sandbox.policy_id,
+            cgroup_of=cgroup_of,
+            emit=self._records.put,
+        )
+        self._notifier.start()
+
+    def _supervise(  # noqa: PLR0917 - one call site, all needed
+        self,
+        guard: Guard,
+        cgroup: Path,
+        executable: str,
+        run_as: RunAs,
+        sandbox: Sandbox | None,
+        pump: Callable[[], None],
+    ) -> int:
         procs = cgroup / "cgroup.procs"
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
 
         def join_cgroup() -> None:  # runs in the child between fork and exec
             with open(procs, "w") as f:
                 f.write("0")
             run_as.apply()  # after joining: an unprivileged user could not join
+            if sandbox is not None:  # last: the filter also applies to what follows
+                fd = install_seccomp(sandbox.program, listener=sandbox.plan.needs_listener)
+                if fd is not None:
+                    socket.send_fds(child_sock, [b"L"], [fd])
+                    os.close(fd)
 
-        with _Signals() as signals:
+        with _Signals() as signals, parent_sock, child_sock:
             try:
                 child = subprocess.Popen(
                     self.opts.command,
                     executable=executable,
-                    # safe: nodeguard runs no threads; the child must be in the cgroup
+                    # safe: nodeguard runs no threads yet; the child must be in the cgroup
                     # before exec (no posix_spawn/clone3 cgroup option in Python)
                     preexec_fn=join_cgroup,  # noqa: PLW1509
                 )
             except (OSError, subprocess.SubprocessError) as err:
                 raise CommandError(f"cannot start {self.opts.command[0]}: {err}") from err
+            if sandbox is not None and sandbox.plan.needs_listener:
+                self._start_notifier(sandbox, parent_sock, cgroup)
             forward_at: float | None = None
             kill_at: float | None = None
             while True:
                 guard.poll(POLL_MS)
+                pump()
                 status = child.poll()
                 if status is not None:
                     break
