@@ -9,6 +9,7 @@ the aggregate map) reuse because the map entry alone holds no path, pid or hook.
 from __future__ import annotations
 
 import ipaddress
+import struct
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -24,19 +25,36 @@ from nodeguard.events.aggregate import (
     key_of_agg,
     key_of_record,
 )
-from nodeguard.events.decode import AF_INET, RawEgress, RawExec, RawRecord
+from nodeguard.events.decode import (
+    AF_INET,
+    AF_INET6,
+    AnyRecord,
+    RawEgress,
+    RawExec,
+    RawLimit,
+    RawSocket,
+    RawSyscall,
+)
 from nodeguard.events.enrich import ProcessEnricher
 from nodeguard.events.model import (
     EgressDetail,
     ExecDetail,
     Kind,
+    LimitDetail,
+    LimitName,
     PolicyRef,
     ProcessInfo,
+    SocketDetail,
+    SocketHook,
+    SyscallDetail,
+    SyscallMechanism,
     Verdict,
     Violation,
     WorkloadRef,
 )
 from nodeguard.events.uuid7 import uuid7
+from nodeguard.policy.sockets import AF_NETLINK, family_name, netlink_protocol_name, type_name
+from nodeguard.policy.syscalls import syscall_name
 
 _log = structlog.get_logger("nodeguard.events.build")
 
@@ -50,7 +68,38 @@ _HOOKS: dict[int, Hook] = {
     abi.Hook.SENDMSG4: "sendmsg4",
     abi.Hook.SENDMSG6: "sendmsg6",
 }
-_KINDS: dict[int, Kind] = {abi.Op.EGRESS: "egress", abi.Op.EXEC: "exec"}
+_KINDS: dict[int, Kind] = {
+    abi.Op.EGRESS: "egress",
+    abi.Op.EXEC: "exec",
+    abi.Op.SYSCALL: "syscall",
+    abi.Op.SOCKET: "socket",
+    abi.Op.LIMIT: "limit",
+}
+
+# AUDIT_ARCH_* (linux/audit.h): the ABI a syscall was made in
+AUDIT_ARCH_X86_64 = 0xC000003E
+AUDIT_ARCH_I386 = 0x40000003
+AUDIT_ARCH_AARCH64 = 0xC00000B7
+AUDIT_ARCHES: dict[int, str] = {
+    AUDIT_ARCH_X86_64: "x86_64",
+    AUDIT_ARCH_I386: "i386",
+    AUDIT_ARCH_AARCH64: "arm64",
+}
+_MECHANISMS: dict[int, SyscallMechanism] = {
+    abi.SyscallMechanism.SECCOMP_KILL: "seccomp-kill",
+    abi.SyscallMechanism.TRACEPOINT: "tracepoint",
+}
+_SOCK_HOOKS: dict[int, SocketHook] = {
+    abi.SockHook.CGROUP: "cgroup-sock-create",
+    abi.SockHook.SECCOMP_NOTIFY: "seccomp-notify",
+    abi.SockHook.TRACEPOINT: "tracepoint",
+}
+_LIMIT_NAMES: dict[int, LimitName] = {
+    abi.Limit.PROCESSES: "maxProcesses",
+    abi.Limit.FORK_RATE: "forksPerSecond",
+    abi.Limit.EXEC_RATE: "execsPerSecond",
+}
+_U32 = 0xFFFFFFFF
 
 
 class WallClock(Protocol):
@@ -135,6 +184,128 @@ def unknown_exec_detail(key: AggregationKey) -> ExecDetail:
     return ExecDetail(path=f"<unknown path, fnv1a64 {exec_path_hash(key):016x}>", truncated=False)
 
 
+# ---- syscall, socket and limit records ----
+
+
+def arch_name(audit_arch: int) -> str:
+    """``x86_64``, ``i386``, ``arm64``, or ``audit-arch-0x<hex>`` for any other ABI."""
+    return AUDIT_ARCHES.get(audit_arch) or f"audit-arch-0x{audit_arch:08x}"
+
+
+def syscall_text(number: int, arch: str) -> str:
+    """The syscall's name, or ``syscall_<number>(<arch>)`` when the tables of ``arch``
+    have no such number (or there are no tables for ``arch``)."""
+    try:
+        name = syscall_name(number, arch)
+    except (ValueError, LookupError):  # an ABI without tables: still a violation
+        name = None
+    return name or f"syscall_{number}({arch})"
+
+
+def syscall_detail(nr: int, audit_arch: int, mechanism: SyscallMechanism) -> SyscallDetail:
+    arch = arch_name(audit_arch)
+    return SyscallDetail(name=syscall_text(nr, arch), number=nr, arch=arch, mechanism=mechanism)
+
+
+def socket_detail(family: int, sock_type: int, protocol: int, hook: SocketHook) -> SocketDetail:
+    return SocketDetail(
+        family=family_name(family),
+        family_number=family,
+        type=type_name(sock_type),
+        type_number=sock_type,
+        protocol=protocol,
+        protocol_name=netlink_protocol_name(protocol) if family == AF_NETLINK else None,
+        hook=hook,
+    )
+
+
+def limit_name(limit: int) -> LimitName | str:
+    return _LIMIT_NAMES.get(limit) or f"limit-{limit}"
+
+
+def raw_syscall_detail(raw: RawSyscall) -> SyscallDetail:
+    return syscall_detail(raw.nr, raw.arch, _MECHANISMS[raw.mechanism])  # decode() checked
+
+
+def raw_socket_detail(raw: RawSocket) -> SocketDetail:
+    return socket_detail(raw.family, raw.type, raw.protocol, _SOCK_HOOKS[raw.hook])
+
+
+def raw_limit_detail(raw: RawLimit) -> LimitDetail:
+    return LimitDetail(
+        limit=limit_name(raw.limit),
+        budget=raw.budget,
+        burst=None if raw.limit == abi.Limit.PROCESSES else raw.burst,
+        observed_processes=raw.observed,
+    )
+
+
+# ---- aggregation keys of syscall, socket and limit records (struct ng_agg_key.addr) ----
+
+
+def syscall_key_addr(nr: int, audit_arch: int) -> bytes:
+    """nr, arch as u32 LE in [0..8), zeros after."""
+    return struct.pack("<II8x", nr & _U32, audit_arch & _U32)
+
+
+def socket_key_addr(family: int, sock_type: int, protocol: int) -> bytes:
+    """family, type, protocol as u32 LE in [0..12), zeros after."""
+    return struct.pack("<III4x", family & _U32, sock_type & _U32, protocol & _U32)
+
+
+def limit_key_addr(limit: int) -> bytes:
+    """The limit kind as u32 LE in [0..4), zeros after."""
+    return struct.pack("<I12x", limit & _U32)
+
+
+def _addr_words(key: AggregationKey) -> tuple[int, int, int, int]:
+    words: tuple[int, int, int, int] = struct.unpack("<4I", bytes(key.addr[:16]).ljust(16, b"\0"))
+    return words
+
+
+def record_key(raw: AnyRecord) -> AggregationKey:
+    """The key the kernel counted this record under (every op; egress and exec keys come
+    from :func:`nodeguard.events.aggregate.key_of_record`)."""
+    h = raw.hdr
+    if isinstance(raw, RawSyscall):
+        addr = syscall_key_addr(raw.nr, raw.arch)
+    elif isinstance(raw, RawSocket):
+        addr = socket_key_addr(raw.family, raw.type, raw.protocol)
+    elif isinstance(raw, RawLimit):
+        addr = limit_key_addr(raw.limit)
+    else:
+        return key_of_record(raw)
+    return AggregationKey(h.cgroup_id, h.policy_id, h.op, 0, addr, 0, 0)
+
+
+def guessed_syscall_detail(key: AggregationKey, verdict: Verdict) -> SyscallDetail:
+    """Syscall details from an aggregation key alone (the mechanism follows the verdict,
+    as the kernel's does)."""
+    nr, audit_arch, _, _ = _addr_words(key)
+    return syscall_detail(nr, audit_arch, "tracepoint" if verdict == "audited" else "seccomp-kill")
+
+
+def guessed_socket_detail(key: AggregationKey, verdict: Verdict) -> SocketDetail:
+    """Socket details from an aggregation key alone (the hook is a guess: the kernel
+    counts only its own hooks, cgroup sock_create for AF_INET/AF_INET6 and the
+    tracepoint in audit; seccomp notifications are counted by the supervisor)."""
+    family, sock_type, protocol, _ = _addr_words(key)
+    hook: SocketHook
+    if verdict == "audited":
+        hook = "tracepoint"
+    elif family in (AF_INET, AF_INET6):
+        hook = "cgroup-sock-create"
+    else:
+        hook = "seccomp-notify"
+    return socket_detail(family, sock_type, protocol, hook)
+
+
+def guessed_limit_detail(key: AggregationKey) -> LimitDetail:
+    """Limit details from an aggregation key alone: the kind; the numbers are unknown."""
+    limit = _addr_words(key)[0]
+    return LimitDetail(limit=limit_name(limit), budget=None, burst=None, observed_processes=None)
+
+
 def unknown_policy(policy_id: int, verdict: Verdict) -> PolicyRef:
     return PolicyRef(
         name="unknown",
@@ -150,8 +321,11 @@ class _Template:
 
     verdict: Verdict
     process: ProcessInfo
-    egress: EgressDetail | None
-    exec: ExecDetail | None
+    egress: EgressDetail | None = None
+    exec: ExecDetail | None = None
+    syscall: SyscallDetail | None = None
+    socket: SocketDetail | None = None
+    limit: LimitDetail | None = None
 
 
 # ----------------------------------------------------------------------- builder ---
@@ -196,12 +370,12 @@ class ViolationBuilder:
     def tracker(self) -> CountTracker:
         return self._tracker
 
-    def from_record(self, raw: RawRecord) -> Violation | None:
+    def from_record(self, raw: AnyRecord) -> Violation | None:
         """The violation a ring buffer record stands for, or None when every attempt it
         carries was already counted (a stale, out-of-order record)."""
         h = raw.hdr
         with self._lock:
-            key = key_of_record(raw)
+            key = record_key(raw)
             if h.count_total == 0:
                 count, since_ns = 1, h.ts_ns
             else:
@@ -264,7 +438,7 @@ class ViolationBuilder:
 
     # ------------------------------------------------------------------ internals ---
 
-    def _template_of(self, raw: RawRecord) -> _Template:
+    def _template_of(self, raw: AnyRecord) -> _Template:
         h = raw.hdr
         is_exec = isinstance(raw, RawExec)
         if self._enricher is not None:
@@ -276,6 +450,9 @@ class ViolationBuilder:
             process=process,
             egress=egress_detail(raw) if isinstance(raw, RawEgress) else None,
             exec=exec_detail(raw) if isinstance(raw, RawExec) else None,
+            syscall=raw_syscall_detail(raw) if isinstance(raw, RawSyscall) else None,
+            socket=raw_socket_detail(raw) if isinstance(raw, RawSocket) else None,
+            limit=raw_limit_detail(raw) if isinstance(raw, RawLimit) else None,
         )
 
     def _guessed_template(self, key: AggregationKey, kind: Kind) -> _Template:
@@ -286,6 +463,9 @@ class ViolationBuilder:
             process=ProcessInfo(pid=0, tid=0, name=""),
             egress=guessed_egress_detail(key) if kind == "egress" else None,
             exec=unknown_exec_detail(key) if kind == "exec" else None,
+            syscall=guessed_syscall_detail(key, verdict) if kind == "syscall" else None,
+            socket=guessed_socket_detail(key, verdict) if kind == "socket" else None,
+            limit=guessed_limit_detail(key) if kind == "limit" else None,
         )
 
     def _workload(self, cgroup_id: int) -> WorkloadRef | None:
@@ -327,4 +507,7 @@ class ViolationBuilder:
             exec=template.exec,
             workload=self._workload(key.cgroup_id),
             node=self._node,
+            syscall=template.syscall,
+            socket=template.socket,
+            limit=template.limit,
         )

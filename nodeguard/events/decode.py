@@ -1,8 +1,10 @@
 """Ring buffer records -> typed raw records.
 
-Every record starts with ``struct ng_event_hdr``; :func:`decode` switches on ``op`` and
-trusts ``size`` only after checking it against the bytes actually received. Anything it
-cannot decode is counted in a :class:`DecodeStats` and dropped: a bad record never raises.
+Every record starts with ``struct ng_event_hdr``; :func:`decode` switches on ``op`` (egress,
+exec, syscall, socket, limit) and trusts ``size`` only after checking it against the bytes
+actually received. Anything it cannot decode (unknown op, short record, a verdict, hook,
+mechanism or limit kind it does not know) is counted in a :class:`DecodeStats` and
+dropped: a bad record never raises.
 No semantics here (verdict names, IP text, policy): that is :mod:`nodeguard.events.build`.
 """
 
@@ -21,6 +23,9 @@ _HDR_SIZE = ct.sizeof(abi.EventHdr)
 _VERDICTS = frozenset(int(v) for v in abi.Verdict)
 _HOOKS = frozenset(int(h) for h in abi.Hook)
 _FAMILIES = frozenset((AF_INET, AF_INET6))
+_MECHANISMS = frozenset(int(m) for m in abi.SyscallMechanism)
+_SOCK_HOOKS = frozenset(int(h) for h in abi.SockHook)
+_LIMITS = frozenset(int(k) for k in abi.Limit)
 
 
 @dataclass(slots=True)
@@ -73,7 +78,36 @@ class RawExec:
         return self.path_len >= abi.PATH_MAX
 
 
+@dataclass(frozen=True, slots=True)
+class RawSyscall:
+    hdr: RawHeader
+    nr: int  # syscall number in the caller's ABI (without abi.SYSCALL_COMPAT)
+    arch: int  # AUDIT_ARCH_* of the call (any value: an unknown ABI is still a violation)
+    mechanism: int  # abi.SyscallMechanism
+
+
+@dataclass(frozen=True, slots=True)
+class RawSocket:
+    hdr: RawHeader
+    family: int  # AF_*
+    type: int  # SOCK_* without SOCK_NONBLOCK / SOCK_CLOEXEC
+    protocol: int
+    hook: int  # abi.SockHook
+
+
+@dataclass(frozen=True, slots=True)
+class RawLimit:
+    hdr: RawHeader
+    limit: int  # abi.Limit
+    budget: int  # maxProcesses, or the rate per second
+    burst: int  # rate budgets: the burst (0 for maxProcesses)
+    observed: int  # live processes in the pod when the budget was broken (signed)
+
+
+# The records of the first ABI, which :func:`nodeguard.events.aggregate.key_of_record`
+# keys; every record :func:`decode` returns is an :data:`AnyRecord`.
 RawRecord = RawEgress | RawExec
+AnyRecord = RawEgress | RawExec | RawSyscall | RawSocket | RawLimit
 
 
 def c_string(raw: bytes) -> bytes:
@@ -134,15 +168,43 @@ def _exec(data: bytes) -> RawExec:
     )
 
 
-_BODIES: dict[int, tuple[int, Callable[[bytes], RawRecord | None]]] = {
+def _syscall(data: bytes) -> RawSyscall | None:
+    e = abi.SyscallEvent.from_buffer_copy(data)
+    if e.mechanism not in _MECHANISMS:
+        return None
+    return RawSyscall(hdr=_header(e.hdr), nr=e.nr, arch=e.arch, mechanism=e.mechanism)
+
+
+def _socket(data: bytes) -> RawSocket | None:
+    e = abi.SocketEvent.from_buffer_copy(data)
+    if e.hook not in _SOCK_HOOKS:
+        return None
+    return RawSocket(
+        hdr=_header(e.hdr), family=e.family, type=e.type, protocol=e.protocol, hook=e.hook
+    )
+
+
+def _limit(data: bytes) -> RawLimit | None:
+    e = abi.LimitEvent.from_buffer_copy(data)
+    if e.limit not in _LIMITS:
+        return None
+    return RawLimit(
+        hdr=_header(e.hdr), limit=e.limit, budget=e.budget, burst=e.burst, observed=e.observed
+    )
+
+
+_BODIES: dict[int, tuple[int, Callable[[bytes], AnyRecord | None]]] = {
     int(abi.Op.EGRESS): (ct.sizeof(abi.EgressEvent), _egress),
     int(abi.Op.EXEC): (ct.sizeof(abi.ExecEvent), _exec),
+    int(abi.Op.SYSCALL): (ct.sizeof(abi.SyscallEvent), _syscall),
+    int(abi.Op.SOCKET): (ct.sizeof(abi.SocketEvent), _socket),
+    int(abi.Op.LIMIT): (ct.sizeof(abi.LimitEvent), _limit),
 }
 
 
 def decode(
     data: bytes | bytearray | memoryview, stats: DecodeStats | None = None
-) -> RawRecord | None:
+) -> AnyRecord | None:
     """One ring buffer record, or None (counted in ``stats``) when it cannot be decoded.
 
     Trailing bytes beyond ``hdr.size`` (ring buffer padding) are ignored.
@@ -170,11 +232,16 @@ def decode(
 
 
 # ------------------------------------------------------------------- encoding ---
-# The kernel's side of the format, for tests, benchmarks and fake guards: the exact
-# inverse of decode() (header fields are written as given, op and size included).
+# The kernel's side of the format, for tests, benchmarks and fake guards, and for records
+# user space makes itself (the ``nodeguard run`` supervisor turns the socket() calls its
+# seccomp listener refused into NG_OP_SOCKET records): the exact inverse of decode()
+# (header fields are written as given, op and size included).
 
 EGRESS_SIZE = ct.sizeof(abi.EgressEvent)
 EXEC_SIZE = ct.sizeof(abi.ExecEvent)
+SYSCALL_SIZE = ct.sizeof(abi.SyscallEvent)
+SOCKET_SIZE = ct.sizeof(abi.SocketEvent)
+LIMIT_SIZE = ct.sizeof(abi.LimitEvent)
 
 
 def _put_char_array(struct: ct.Structure, field: str, value: bytes, length: int) -> None:
@@ -196,8 +263,25 @@ def _fill_header(out: abi.EventHdr, h: RawHeader) -> None:
     _put_char_array(out, "comm", h.comm.encode(), abi.COMM_LEN - 1)
 
 
-def encode(raw: RawRecord) -> bytes:
-    """The ring buffer bytes of a record (``decode(encode(r)) == r`` for valid records)."""
+def encode(raw: AnyRecord) -> bytes:
+    """The ring buffer bytes of a record (``decode(encode(r)) == r`` for valid records:
+    a known op, a ``hdr.size`` that covers the struct, values that fit their fields and
+    a ``comm`` of at most 15 bytes of UTF-8)."""
+    if isinstance(raw, RawSyscall):
+        sc = abi.SyscallEvent()
+        _fill_header(sc.hdr, raw.hdr)
+        sc.nr, sc.arch, sc.mechanism = raw.nr, raw.arch, raw.mechanism
+        return bytes(sc)
+    if isinstance(raw, RawSocket):
+        so = abi.SocketEvent()
+        _fill_header(so.hdr, raw.hdr)
+        so.family, so.type, so.protocol, so.hook = raw.family, raw.type, raw.protocol, raw.hook
+        return bytes(so)
+    if isinstance(raw, RawLimit):
+        li = abi.LimitEvent()
+        _fill_header(li.hdr, raw.hdr)
+        li.limit, li.budget, li.burst, li.observed = raw.limit, raw.budget, raw.burst, raw.observed
+        return bytes(li)
     if isinstance(raw, RawEgress):
         eg = abi.EgressEvent()
         _fill_header(eg.hdr, raw.hdr)

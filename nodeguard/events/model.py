@@ -9,8 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-Kind = Literal["egress", "exec"]
+Kind = Literal["egress", "exec", "syscall", "socket", "limit"]
 Verdict = Literal["blocked", "audited"]
+SyscallMechanism = Literal["seccomp-kill", "tracepoint"]
+SocketHook = Literal["cgroup-sock-create", "seccomp-notify", "tracepoint"]
+LimitName = Literal["maxProcesses", "forksPerSecond", "execsPerSecond"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +37,42 @@ class EgressDetail:
 class ExecDetail:
     path: str
     truncated: bool  # path longer than the kernel checks (always denied)
+
+
+@dataclass(frozen=True, slots=True)
+class SyscallDetail:
+    """A denied syscall. ``seccomp-kill``: the filter killed the caller before the call
+    ran; ``tracepoint``: seen at sys_enter under audit, the call went ahead."""
+
+    name: str  # e.g. "ptrace"; "syscall_<nr>(<arch>)" when the table has no such number
+    number: int  # in the caller's ABI
+    arch: Literal["x86_64", "i386", "arm64"] | str  # str: "audit-arch-0x<hex>" (unknown)
+    mechanism: SyscallMechanism
+
+
+@dataclass(frozen=True, slots=True)
+class SocketDetail:
+    """A denied socket(family, type, protocol)."""
+
+    family: str  # readable AF_* name, e.g. "packet", "netlink", "inet6"; "af<N>" if unknown
+    family_number: int
+    type: str  # readable SOCK_* name, e.g. "raw", "dgram"
+    type_number: int
+    protocol: int
+    protocol_name: str | None  # netlink protocols by name (e.g. "audit"), else None
+    hook: SocketHook
+
+
+@dataclass(frozen=True, slots=True)
+class LimitDetail:
+    """A broken process budget. ``budget`` is maxProcesses or the rate per second;
+    ``burst`` only for rates. None: not known (a residual record of a key whose records
+    were all lost: the aggregate map holds the kind and the count, not the numbers)."""
+
+    limit: LimitName | str  # str: "limit-<N>", an unknown kind read from the aggregate map
+    budget: int | None
+    burst: int | None
+    observed_processes: int | None  # live processes in the pod when it was broken
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +103,9 @@ class WorkloadRef:
 
 @dataclass(frozen=True, slots=True)
 class Violation:
+    """One record. Exactly one of the details (``egress``, ``exec``, ``syscall``,
+    ``socket``, ``limit``) is set: the one named by ``kind``."""
+
     uid: str  # UUIDv7
     sequence: int  # per-producer monotonically increasing
     kind: Kind
@@ -80,3 +122,6 @@ class Violation:
     exec: ExecDetail | None = None
     workload: WorkloadRef | None = None
     node: str | None = None
+    syscall: SyscallDetail | None = None
+    socket: SocketDetail | None = None
+    limit: LimitDetail | None = None

@@ -3,8 +3,13 @@
 - egress -> Network Activity (4001): Refuse (5) when blocked, Traffic (6) when audited;
   ``dst_endpoint``, ``connection_info`` (outbound).
 - exec   -> Process Activity (1007): Launch (1); ``process.file.path`` is the image.
+- syscall, socket, limit -> Detection Finding (2004): Create (1); ``finding_info`` names
+  the finding (uid = the record's uid, title, types ``nodeguard/<kind>``, the policy as a
+  Rule ``analytic``), one ``evidences`` entry holds the actor, the container and the
+  detail in ``data``. ``status_id`` is the finding's workflow status (1 New), severity
+  depends on the kind (see :func:`finding_severity`).
 
-Common to both: the ``security_control`` profile (``action``, ``disposition``, ``policy``,
+Common to all: the ``security_control`` profile (``action``, ``disposition``, ``policy``,
 ``is_alert``), the ``host`` profile (``device``, ``actor``) and, with a known workload,
 the ``container`` profile (``actor.process.container``; OCSF 1.4 has no event-level
 container). Pod facts OCSF cannot hold go to ``unmapped.k8s``; nodeguard's own facts to
@@ -24,9 +29,21 @@ from nodeguard.events.build import protocol_number
 from nodeguard.events.model import (
     EgressDetail,
     ExecDetail,
+    LimitDetail,
     ProcessInfo,
+    SocketDetail,
+    SyscallDetail,
     Violation,
     WorkloadRef,
+)
+from nodeguard.policy.sockets import (
+    AF_INET,
+    AF_INET6,
+    AF_NETLINK,
+    AF_PACKET,
+    SOCK_RAW,
+    effective_family,
+    kind_name,
 )
 
 OCSF_VERSION = "1.4.0"
@@ -43,17 +60,27 @@ class EventClass:
 
 NETWORK_ACTIVITY = EventClass(4001, "Network Activity", 4, "Network Activity")
 PROCESS_ACTIVITY = EventClass(1007, "Process Activity", 1, "System Activity")
+DETECTION_FINDING = EventClass(2004, "Detection Finding", 2, "Findings")
 
 # activity ids
 NETWORK_REFUSE = (5, "Refuse")
 NETWORK_TRAFFIC = (6, "Traffic")
 PROCESS_LAUNCH = (1, "Launch")
+FINDING_CREATE = (1, "Create")
 
 # (id, caption) per verdict
 _SEVERITY = {"blocked": (4, "High"), "audited": (3, "Medium")}
 _ACTION = {"blocked": (2, "Denied"), "audited": (1, "Allowed")}
 _DISPOSITION = {"blocked": (2, "Blocked"), "audited": (17, "Logged")}
 _STATUS = {"blocked": (2, "Failure"), "audited": (1, "Success")}
+
+# Detection Finding: status_id is the finding's workflow status (OCSF 1.4 finding.json),
+# not the outcome of the activity; every record is a new finding.
+FINDING_STATUS_NEW = (1, "New")
+# confidence_id: the kernel saw the attempt itself, the rule is exact
+CONFIDENCE_HIGH = (3, "High")
+ANALYTIC_RULE = (1, "Rule")
+_SEVERITY_NAMES = {1: "Informational", 2: "Low", 3: "Medium", 4: "High", 5: "Critical"}
 
 DIRECTION_OUTBOUND = (2, "Outbound")
 _IP_VERSION = {4: "Internet Protocol version 4 (IPv4)", 6: "Internet Protocol version 6 (IPv6)"}
@@ -76,6 +103,8 @@ def prune(value: Any) -> Any:
                 continue
             out[k] = pv
         return out
+    if isinstance(value, list):
+        return [prune(v) for v in value]
     return value
 
 
@@ -167,7 +196,12 @@ def classify(v: Violation) -> tuple[EventClass, int, str]:
         return NETWORK_ACTIVITY, *activity
     if v.exec is not None:
         return PROCESS_ACTIVITY, *PROCESS_LAUNCH
-    raise ValueError(f"violation {v.uid} of kind {v.kind!r} has no egress or exec detail")
+    if v.syscall is not None or v.socket is not None or v.limit is not None:
+        return DETECTION_FINDING, *FINDING_CREATE
+    raise ValueError(
+        f"violation {v.uid} of kind {v.kind!r} has no egress or exec detail "
+        "(nor a syscall, socket or limit one)"
+    )
 
 
 def egress_fields(e: EgressDetail) -> dict[str, Any]:
@@ -185,27 +219,197 @@ def egress_fields(e: EgressDetail) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------- detection finding ---
+
+
+def socket_text(s: SocketDetail) -> str:
+    """The kind as a policy spells it (``packet:raw``, ``inet6:raw``, ``netlink:audit``),
+    with a non-default protocol of other families, e.g. ``inet:raw protocol 1`` (a packet
+    socket's protocol is an ethertype in network order: left to the evidence data)."""
+    text = kind_name(s.family_number, s.type_number, s.protocol)
+    if s.family_number not in (AF_NETLINK, AF_PACKET) and s.protocol:
+        return f"{text} protocol {s.protocol}"
+    return text
+
+
+def limit_text(li: LimitDetail) -> str:
+    """``maxProcesses 50``, ``forksPerSecond 20/s (burst 40)``; ``?`` for unknown numbers."""
+    budget = "?" if li.budget is None else str(li.budget)
+    if li.limit == "maxProcesses":
+        return f"maxProcesses {budget}"
+    text = f"{li.limit} {budget}/s"
+    return f"{text} (burst {li.burst})" if li.burst is not None else text
+
+
+def is_dangerous_socket(s: SocketDetail) -> bool:
+    """Packet sockets and raw IP sockets: sniffing and spoofing on the node's network."""
+    family = effective_family(s.family_number, s.type_number)
+    return family == AF_PACKET or (family in (AF_INET, AF_INET6) and s.type_number == SOCK_RAW)
+
+
+def finding_severity(v: Violation) -> tuple[int, str]:
+    """(severity_id, severity) of a Detection Finding: High for a denied syscall (the
+    deny lists hold escape and tampering primitives: ptrace, mount, bpf, modules...) and
+    for packet / raw IP sockets; Medium for other socket kinds and for broken process
+    budgets (resource abuse, not escape). Audited attempts are one step lower, as egress
+    and exec are (an audit-mode policy is being tried out, nothing was stopped)."""
+    if v.syscall is not None:
+        base = 4
+    elif v.socket is not None:
+        base = 4 if is_dangerous_socket(v.socket) else 3
+    else:
+        base = 3
+    severity = base - 1 if v.verdict == "audited" else base
+    return severity, _SEVERITY_NAMES[severity]
+
+
+def finding_verb(v: Violation) -> str:
+    """``killed`` (a denied syscall or broken budget in enforce: the process got
+    SIGKILL/SIGSYS), ``blocked`` (a socket: EPERM), ``audited``."""
+    if v.verdict == "audited":
+        return "audited"
+    return "blocked" if v.socket is not None else "killed"
+
+
+def finding_title(v: Violation) -> str:
+    """e.g. ``Denied syscall ptrace``, ``Denied socket packet:raw``, ``Process budget
+    forksPerSecond broken``."""
+    if v.syscall is not None:
+        return f"Denied syscall {v.syscall.name}"
+    if v.socket is not None:
+        return f"Denied socket {socket_text(v.socket)}"
+    if v.limit is not None:
+        return f"Process budget {v.limit.limit} broken"
+    return v.kind
+
+
+def finding_desc(v: Violation) -> str:
+    """What happened and what the kernel did about it, in a sentence or two."""
+    who = f"{v.process.name or 'unknown process'} (pid {v.process.pid})"
+    policy = f"policy {v.policy.name}"
+    if v.syscall is not None:
+        sc = v.syscall
+        text = f"{who} called {sc.name} (number {sc.number}, {sc.arch}), which {policy} denies"
+        if sc.mechanism == "seccomp-kill":
+            return f"{text}; the seccomp filter killed it before the call ran."
+        return f"{text}; the call went ahead (audit), seen at syscall entry."
+    if v.socket is not None:
+        so = v.socket
+        text = f"{who} asked for a {socket_text(so)} socket, a kind {policy} denies"
+        if v.verdict == "audited":
+            return f"{text}; it was created (audit)."
+        return f"{text}; socket() failed with EPERM ({so.hook})."
+    if v.limit is not None:
+        li = v.limit
+        observed = (
+            ""
+            if li.observed_processes is None
+            else f" with {li.observed_processes} processes in the pod"
+        )
+        text = f"{who} broke the {limit_text(li)} budget of {policy}{observed}"
+        if v.verdict == "audited":
+            return f"{text}; nothing was stopped (audit)."
+        return f"{text}; the process was killed."
+    return message(v)
+
+
+def finding_data(v: Violation) -> dict[str, Any]:
+    """The evidence's ``data``: the violation's detail, keyed by kind."""
+    if v.syscall is not None:
+        return {"syscall": syscall_data(v.syscall)}
+    if v.socket is not None:
+        return {"socket": socket_data(v.socket)}
+    if v.limit is not None:
+        return {"limit": limit_data(v.limit)}
+    return {}
+
+
+def syscall_data(sc: SyscallDetail) -> dict[str, Any]:
+    return {"name": sc.name, "number": sc.number, "arch": sc.arch, "mechanism": sc.mechanism}
+
+
+def socket_data(so: SocketDetail) -> dict[str, Any]:
+    return {
+        "family": so.family,
+        "family_num": so.family_number,
+        "type": so.type,
+        "type_num": so.type_number,
+        "protocol": so.protocol,
+        "protocol_name": so.protocol_name,
+        "hook": so.hook,
+    }
+
+
+def limit_data(li: LimitDetail) -> dict[str, Any]:
+    return {
+        "name": li.limit,
+        "budget": li.budget,
+        "burst": li.burst,
+        "observed": li.observed_processes,
+    }
+
+
+def finding_fields(v: Violation) -> dict[str, Any]:
+    """``finding_info``, ``evidences`` and ``confidence`` of a Detection Finding."""
+    return {
+        "finding_info": {
+            "uid": v.uid,
+            "title": finding_title(v),
+            "desc": finding_desc(v),
+            "types": [f"nodeguard/{v.kind}"],
+            "analytic": {
+                "name": v.policy.name,
+                "uid": v.policy.uid,
+                "version": v.policy.version,
+                "type_id": ANALYTIC_RULE[0],
+                "type": ANALYTIC_RULE[1],
+            },
+        },
+        "evidences": [
+            {
+                "actor": {"process": actor_process(v.process, v.workload)},
+                "container": container_object(v.workload),
+                "data": finding_data(v),
+            }
+        ],
+        "confidence_id": CONFIDENCE_HIGH[0],
+        "confidence": CONFIDENCE_HIGH[1],
+    }
+
+
 def class_fields(v: Violation) -> dict[str, Any]:
     """The attributes only one of the classes has."""
     if v.egress is not None:
         return egress_fields(v.egress)
     if v.exec is not None:
         return {"process": launched_process(v.exec, v.process, v.workload)}
+    if v.syscall is not None or v.socket is not None or v.limit is not None:
+        return finding_fields(v)
     return {}
 
 
 def message(v: Violation) -> str:
     """One line for humans, e.g. ``blocked tcp connect to 1.2.3.4:443 by curl (pid 7)
-    under policy p in pod ns/name (3 attempts)``."""
+    under policy p in pod ns/name (3 attempts)``, ``killed syscall ptrace (x86_64) by
+    python3 (pid 9) under policy p``."""
     who = f"{v.process.name or 'unknown process'} (pid {v.process.pid})"
+    verb: str = v.verdict
     if v.egress is not None:
-        verb = "connect" if v.egress.hook.startswith("connect") else "send"
-        what = f"{v.egress.protocol} {verb} to {endpoint_text(v.egress)}"
+        hook_verb = "connect" if v.egress.hook.startswith("connect") else "send"
+        what = f"{v.egress.protocol} {hook_verb} to {endpoint_text(v.egress)}"
     elif v.exec is not None:
         what = f"exec of {v.exec.path}"
+    elif v.syscall is not None:
+        verb, what = finding_verb(v), f"syscall {v.syscall.name} ({v.syscall.arch})"
+    elif v.socket is not None:
+        verb, what = finding_verb(v), f"socket {socket_text(v.socket)}"
+    elif v.limit is not None:
+        verb, what = finding_verb(v), f"{limit_text(v.limit)} budget broken"
+        if v.limit.observed_processes is not None:
+            what += f" ({v.limit.observed_processes} processes)"
     else:
         what = v.kind
-    text = f"{v.verdict} {what} by {who} under policy {v.policy.name}"
+    text = f"{verb} {what} by {who} under policy {v.policy.name}"
     w = v.workload
     if w is not None and w.pod_name:
         text += f" in pod {w.namespace}/{w.pod_name}" if w.namespace else f" in pod {w.pod_name}"
@@ -214,11 +418,22 @@ def message(v: Violation) -> str:
     return text
 
 
+def hook_of(v: Violation) -> str | None:
+    """The kernel hook (``unmapped.hook``): egress and socket records name one."""
+    if v.egress is not None:
+        return v.egress.hook
+    if v.socket is not None:
+        return v.socket.hook
+    return None
+
+
 def to_ocsf(v: Violation, *, product_version: str = __version__) -> dict[str, Any]:
     """The OCSF event for one violation (a JSON-ready dict)."""
     event_class, activity_id, activity_name = classify(v)
-    severity, action = _SEVERITY[v.verdict], _ACTION[v.verdict]
-    disposition, status = _DISPOSITION[v.verdict], _STATUS[v.verdict]
+    finding = event_class is DETECTION_FINDING
+    severity = finding_severity(v) if finding else _SEVERITY[v.verdict]
+    action, disposition = _ACTION[v.verdict], _DISPOSITION[v.verdict]
+    status = FINDING_STATUS_NEW if finding else _STATUS[v.verdict]
     profiles = ["host", "security_control"]
     if container_object(v.workload) is not None:
         profiles.append("container")
@@ -264,7 +479,7 @@ def to_ocsf(v: Violation, *, product_version: str = __version__) -> dict[str, An
         "unmapped": {
             "cgroup_id": v.cgroup_id,
             "kind": v.kind,
-            "hook": v.egress.hook if v.egress is not None else None,
+            "hook": hook_of(v),
             "path_truncated": v.exec.truncated if v.exec is not None else None,
             "policy_mode": v.policy.mode,
             "k8s": k8s_unmapped(v.workload),

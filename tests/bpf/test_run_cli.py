@@ -58,7 +58,8 @@ def ng_programs() -> dict[int, str]:
     return {
         int(p["id"]): p.get("name", "")
         for p in json.loads(out or "[]")
-        if p.get("name", "").startswith("ng_") or "sched_process_e" in p.get("name", "")
+        if p.get("name", "").startswith("ng_")
+        or any(tp in p.get("name", "") for tp in ("sched_process_e", "task_newtask", "signal_gen"))
     }
 
 
