@@ -31,6 +31,8 @@
 
 #define NG_AF_INET 2
 #define NG_AF_INET6 10
+#define NG_AF_PACKET 17
+#define NG_SOCK_PACKET 10
 #define NG_SIGKILL 9
 #define NG_SIGSYS 31
 #define NG_SYS_SECCOMP 1       /* siginfo si_code of a seccomp kill */
@@ -656,9 +658,11 @@ int ng_socket_audit(struct ng_sys_enter_args *ctx)
 	if (!pol || !(pol->flags & NG_POLICY_SOCKETS) || !(pol->flags & NG_POLICY_AUDIT))
 		return 0;
 	u32 family = (u32)ctx->args[0];
+	u32 type = (u32)ctx->args[1] & 0xf, proto = (u32)ctx->args[2];
+	if (family == NG_AF_INET && type == NG_SOCK_PACKET)
+		family = NG_AF_PACKET; /* the kernel makes it a packet socket */
 	if (family == NG_AF_INET || family == NG_AF_INET6)
 		return 0; /* the sock_create hook reports those */
-	u32 type = (u32)ctx->args[1] & 0xf, proto = (u32)ctx->args[2];
 	struct ng_socket_key k = {};
 	k.policy_id = pol->policy_id;
 	k.family = family;

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from nodeguard.bpf.abi import SOCK_ALL
-from nodeguard.policy.compiled import CompiledPolicy, Mode, SocketDeny
+from nodeguard.policy.compiled import AF_INET, CompiledPolicy, Mode, SocketDeny
+from nodeguard.policy.sockets import AF_PACKET, SOCK_PACKET
 
 # linux/audit.h
 AUDIT_ARCH_X86_64: Final = 0xC000003E
@@ -97,6 +98,10 @@ def plan(policy: CompiledPolicy, mode: Mode | None = None) -> SeccompPlan | None
     sockets: tuple[SocketDeny, ...] = ()
     if policy.sockets is not None and effective != "audit":
         sockets = policy.sockets.seccomp_families
+        # socket(AF_INET, SOCK_PACKET) is made a packet socket by the kernel, which the
+        # inet sock_create hook never sees: refuse it here when packet sockets are denied.
+        if any(d.family == AF_PACKET and d.types & (1 << SOCK_PACKET) for d in sockets):
+            sockets = (*sockets, SocketDeny(AF_INET, 1 << SOCK_PACKET, SOCK_ALL, ("packet",)))
     if not any(kill.values()) and not sockets:
         return None
     return SeccompPlan(kill=kill, sockets=sockets)

@@ -173,7 +173,17 @@ def test_audit_mode_overrides_kill(kill_policy: Path, tmp_path: Path) -> None:
     assert rec["disposition_id"] == 17
 
 
-SOCKETS = ["tcp", "udp", "tcp6", "raw4", "raw6", "packet", "netlink_route", "netlink_audit"]
+SOCKETS = [
+    "tcp",
+    "udp",
+    "tcp6",
+    "raw4",
+    "raw6",
+    "packet",
+    "inet_sock_packet",
+    "netlink_route",
+    "netlink_audit",
+]
 
 
 def test_raw_and_packet_sockets_get_eperm_while_tcp_and_udp_work(tmp_path: Path) -> None:
@@ -194,6 +204,7 @@ def test_raw_and_packet_sockets_get_eperm_while_tcp_and_udp_work(tmp_path: Path)
         "raw4": eperm,
         "raw6": eperm,
         "packet": eperm,
+        "inet_sock_packet": eperm,
         "netlink_route": 0,
         "netlink_audit": eperm,
     }
@@ -205,6 +216,7 @@ def test_raw_and_packet_sockets_get_eperm_while_tcp_and_udp_work(tmp_path: Path)
         ("inet", "raw", "cgroup-sock-create"),
         ("inet6", "raw", "cgroup-sock-create"),
         ("packet", "raw", "seccomp-notify"),
+        ("packet", "packet", "seccomp-notify"),  # socket(AF_INET, SOCK_PACKET)
         ("netlink", "raw", "seccomp-notify"),
     }
     nothing_left_behind()

@@ -38,6 +38,8 @@ def sockets() -> None:
         "packet": (socket.AF_PACKET, socket.SOCK_RAW, 0),
         "netlink_route": (socket.AF_NETLINK, socket.SOCK_RAW, 0),
         "netlink_audit": (socket.AF_NETLINK, socket.SOCK_RAW, 9),
+        # the kernel turns this into a packet socket (legacy SOCK_PACKET, ETH_P_ALL)
+        "inet_sock_packet": (socket.AF_INET, 10, 0x0300),
     }
     for name in sys.argv[2:]:
         fam, typ, proto = kinds[name]
