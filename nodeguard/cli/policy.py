@@ -9,15 +9,27 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import TextIO
 
 from nodeguard.bpf.abi import ExecKind, Proto
 from nodeguard.errors import PolicyError, PolicyProblem
 from nodeguard.policy.compile import ALL_PORTS, compile_policies, compile_policy, display_network
-from nodeguard.policy.compiled import CompiledPolicy, EgressEntry, ExecEntry, PortRule
+from nodeguard.policy.compiled import (
+    CompiledLimits,
+    CompiledPolicy,
+    CompiledSockets,
+    CompiledSyscalls,
+    EgressEntry,
+    ExecEntry,
+    PortRule,
+    Rate,
+)
 from nodeguard.policy.loader import duplicate_name_problems, load_policy_file, read_policy_file
 from nodeguard.policy.model import AgentPolicy
+from nodeguard.policy.sockets import describe_deny, family_name
+from nodeguard.policy.syscalls import COMPILED_ARCHES, SYSCALL_GROUPS, i386_names, resolve
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -133,8 +145,74 @@ def _entries(entries: Sequence[object]) -> str:
     return f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}"
 
 
-def format_policy(policy: CompiledPolicy) -> list[str]:
-    """Readable lines describing what the kernel enforces for one policy."""
+def _count(n: int, noun: str, plural: str | None = None) -> str:
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+def _wrapped(head: str, items: Sequence[str], width: int = 96) -> list[str]:
+    """``head`` then the items, continuation lines aligned under the first item."""
+    return textwrap.wrap(
+        ", ".join(items),
+        width=width,
+        initial_indent=head,
+        subsequent_indent=" " * len(head),
+        break_on_hyphens=False,
+    )
+
+
+def format_syscalls(
+    syscalls: CompiledSyscalls, audit: bool, entries: Sequence[str] | None = None
+) -> list[str]:
+    """The syscall deny list: each entry of the policy (groups with their members), the
+    numbers per arch, and resolve()'s warnings. ``entries``: the policy's own deny list
+    (without it, the expanded names)."""
+    per_arch = ", ".join(f"{a} {len(syscalls.numbers.get(a, ()))}" for a in COMPILED_ARCHES)
+    outcome = "reported (audit) and let through" if audit else "killed (SIGSYS) before it runs"
+    lines = [
+        f"  syscalls ({_count(len(syscalls.names), 'name')}; numbers: {per_arch}; "
+        f"a denied call is {outcome}):"
+    ]
+    shown = list(dict.fromkeys(entries)) if entries is not None else list(syscalls.names)
+    for entry in shown:
+        members = SYSCALL_GROUPS.get(entry)
+        lines += _wrapped(f"    {entry:<12} ", members) if members else [f"    {entry}"]
+    extra = sorted(set(i386_names(syscalls.names)) - set(syscalls.names))
+    if extra:
+        lines += _wrapped(f"    {'(i386 also)':<12} ", extra)
+    if entries is not None:
+        lines += [f"    note: {w}" for w in resolve(entries).warnings]
+    return lines
+
+
+def format_sockets(sockets: CompiledSockets, audit: bool) -> list[str]:
+    outcome = "reported (audit)" if audit else "refused (EPERM)"
+    families = _count(len(sockets.deny), "family", "families")
+    lines = [f"  sockets ({families}; socket() of these kinds {outcome}):"]
+    for deny in sockets.deny:
+        spelled = ", ".join(deny.spelled)
+        lines.append(f"    {family_name(deny.family):<10} {describe_deny(deny):<32} ({spelled})")
+    return lines
+
+
+def _format_rate(rate: Rate) -> str:
+    return f"{rate.per_second}/s, burst {rate.burst}"
+
+
+def format_limits(limits: CompiledLimits, audit: bool) -> list[str]:
+    outcome = "reported (audit)" if audit else "killed"
+    lines = [f"  limits (per pod; the process that breaks a budget is {outcome}):"]
+    if limits.max_processes is not None:
+        lines.append(f"    maxProcesses    {limits.max_processes} live processes")
+    if limits.forks is not None:
+        lines.append(f"    forksPerSecond  {_format_rate(limits.forks)}")
+    if limits.execs is not None:
+        lines.append(f"    execsPerSecond  {_format_rate(limits.execs)}")
+    return lines
+
+
+def format_policy(policy: CompiledPolicy, source: AgentPolicy | None = None) -> list[str]:
+    """Readable lines describing what the kernel enforces for one policy; ``source`` (the
+    policy it was compiled from) lets the syscall section show the groups as written."""
     otherwise = "denied" if policy.mode == "enforce" else "reported (audit)"
     lines = [f"{policy.name}  uid {policy.uid}  version {policy.version}  mode {policy.mode}"]
     if policy.egress is None:
@@ -148,6 +226,21 @@ def format_policy(policy: CompiledPolicy) -> list[str]:
         killed = "killed" if policy.mode == "enforce" else "reported (audit)"
         lines.append(f"  exec ({_entries(policy.exec)}; anything else {killed}):")
         lines += [f"    {format_exec_entry(e)}" for e in policy.exec]
+    audit = policy.mode == "audit"
+    if policy.syscalls is None:
+        lines.append("  syscalls: none denied")
+    else:
+        spec = source.spec.syscalls if source is not None else None
+        entries = list(spec.deny) if spec is not None else None
+        lines += format_syscalls(policy.syscalls, policy.syscall_audit(), entries)
+    if policy.sockets is None:
+        lines.append("  sockets: none denied")
+    else:
+        lines += format_sockets(policy.sockets, audit)
+    if policy.limits is None:
+        lines.append("  limits: none")
+    else:
+        lines += format_limits(policy.limits, audit)
     return lines
 
 
@@ -155,15 +248,16 @@ def show_file(path: str, out: TextIO | None = None, err: TextIO | None = None) -
     """Print the compiled policies of a file (exit 0), or its problems on stderr (exit 1)."""
     out = out or sys.stdout
     try:
-        compiled = compile_policies(load_policy_file(path))
+        policies = load_policy_file(path)
+        compiled = compile_policies(policies)
     except PolicyError as error:
         for problem in error.problems:
             print(problem.render(), file=err or sys.stderr)
         return EXIT_INVALID
-    for index, policy in enumerate(compiled):
+    for index, (policy, source) in enumerate(zip(compiled, policies, strict=True)):
         if index:
             print(file=out)
-        print("\n".join(format_policy(policy)), file=out)
+        print("\n".join(format_policy(policy, source)), file=out)
     return EXIT_OK
 
 

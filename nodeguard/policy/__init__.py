@@ -14,7 +14,17 @@ from nodeguard.policy.compile import (
     policy_uid,
     policy_version,
 )
-from nodeguard.policy.compiled import CompiledPolicy, EgressEntry, ExecEntry, PortRule
+from nodeguard.policy.compiled import (
+    CompiledLimits,
+    CompiledPolicy,
+    CompiledSockets,
+    CompiledSyscalls,
+    EgressEntry,
+    ExecEntry,
+    PortRule,
+    Rate,
+    SocketDeny,
+)
 from nodeguard.policy.loader import (
     duplicate_name_problems,
     load_policy_file,
@@ -29,10 +39,15 @@ __all__ = [
     "API_VERSION",
     "KIND",
     "AgentPolicy",
+    "CompiledLimits",
     "CompiledPolicy",
+    "CompiledSockets",
+    "CompiledSyscalls",
     "EgressEntry",
     "ExecEntry",
     "PortRule",
+    "Rate",
+    "SocketDeny",
     "SourceMap",
     "compile_policies",
     "compile_policy",

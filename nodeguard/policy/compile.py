@@ -10,6 +10,11 @@ ranges of IPv4 rules, possibly none: deny).
 
 Exec: entries are longest-prefix matched too; an entry under a ``**`` entry is dropped,
 because the kernel would pick the longer entry and apply its stricter check.
+
+Syscalls: groups expanded, numbers per arch (x86_64, arm64, and i386 for the 32-bit ABI
+of x86_64 kernels; :mod:`nodeguard.policy.syscalls`). Sockets: one entry per address
+family with merged masks (:mod:`nodeguard.policy.sockets`). Limits: rates with their
+burst (the burst defaults to the rate).
 """
 
 from __future__ import annotations
@@ -24,9 +29,30 @@ from typing import Any
 
 from nodeguard.bpf.abi import MAX_PORT_RANGES, ExecKind, Proto
 from nodeguard.errors import PolicyError, PolicyProblem
-from nodeguard.policy.compiled import CompiledPolicy, EgressEntry, ExecEntry, PortRule
+from nodeguard.policy.compiled import (
+    CompiledLimits,
+    CompiledPolicy,
+    CompiledSockets,
+    CompiledSyscalls,
+    EgressEntry,
+    ExecEntry,
+    PortRule,
+    Rate,
+)
 from nodeguard.policy.loader import duplicate_name_problems
-from nodeguard.policy.model import AgentPolicy, EgressRule, ExecSpec, Network, PolicySpec
+from nodeguard.policy.model import (
+    AgentPolicy,
+    EgressRule,
+    ExecSpec,
+    LimitsSpec,
+    Network,
+    PolicySpec,
+    RateSpec,
+    SocketsSpec,
+    SyscallsSpec,
+)
+from nodeguard.policy.sockets import compile_socket_denies
+from nodeguard.policy.syscalls import COMPILED_ARCHES, deny_numbers, resolve
 
 # uuid5(NAMESPACE_DNS, "nodeguard.io"): policy uids are uuid5(this, policy name).
 UID_NAMESPACE = uuid.UUID("175e4ee1-8708-5258-8e21-751fd6bf3200")
@@ -64,6 +90,33 @@ def _sorted_unique(items: Iterable[Any]) -> list[Any]:
     return [by_key[key] for key in sorted(by_key)]
 
 
+def _canonical_syscalls(spec: SyscallsSpec | None) -> dict[str, Any] | None:
+    if spec is None:
+        return None
+    return {"deny": list(resolve(spec.deny).names), "action": spec.action}
+
+
+def _canonical_sockets(spec: SocketsSpec | None) -> dict[str, Any] | None:
+    if spec is None:
+        return None
+    denies = compile_socket_denies(spec.deny)
+    return {"deny": [[d.family, d.types, d.protocols] for d in denies]}
+
+
+def _canonical_rate(rate: RateSpec | None) -> dict[str, int] | None:
+    return None if rate is None else {"rate": rate.rate, "burst": rate.effective_burst}
+
+
+def _canonical_limits(spec: LimitsSpec | None) -> dict[str, Any] | None:
+    if spec is None:
+        return None
+    return {
+        "maxProcesses": spec.max_processes,
+        "forksPerSecond": _canonical_rate(spec.forks_per_second),
+        "execsPerSecond": _canonical_rate(spec.execs_per_second),
+    }
+
+
 def canonical_spec(spec: PolicySpec) -> dict[str, Any]:
     """The spec as JSON-able data, with order and duplicates that mean nothing removed."""
     data: dict[str, Any] = spec.model_dump(mode="json", by_alias=True)
@@ -71,6 +124,17 @@ def canonical_spec(spec: PolicySpec) -> dict[str, Any]:
         data["egress"]["allow"] = _sorted_unique(_canonical_rule(r) for r in spec.egress.allow)
     if spec.exec is not None:
         data["exec"]["allow"] = sorted({p.text for p in spec.exec.allow})
+    # Sections added after v1alpha1's first release are left out when absent, so the
+    # version of a policy that does not use them stays what it was.
+    for key, canonical in (
+        ("syscalls", _canonical_syscalls(spec.syscalls)),
+        ("sockets", _canonical_sockets(spec.sockets)),
+        ("limits", _canonical_limits(spec.limits)),
+    ):
+        if canonical is None:
+            data.pop(key, None)
+        else:
+            data[key] = canonical
     selector = data.get("selector")
     if selector is not None:
         if selector.get("namespaces") is not None:
@@ -262,6 +326,41 @@ def compile_exec(spec: ExecSpec | None) -> tuple[ExecEntry, ...] | None:
     return tuple(sorted(kept, key=lambda e: (e.prefix, int(e.kind))))
 
 
+# ------------------------------------------------------- syscalls, sockets, limits --
+
+
+def compile_syscalls(spec: SyscallsSpec | None) -> CompiledSyscalls | None:
+    """The deny list with groups expanded and its numbers on every arch; None when the
+    policy denies no syscall."""
+    if spec is None:
+        return None
+    names = resolve(spec.deny).names  # entries were validated by the schema
+    numbers: dict[str, tuple[int, ...]] = {a: deny_numbers(names, a) for a in COMPILED_ARCHES}
+    return CompiledSyscalls(names=names, action=spec.action, numbers=numbers)
+
+
+def compile_sockets(spec: SocketsSpec | None) -> CompiledSockets | None:
+    """One deny entry per address family; None when the policy denies no socket kind."""
+    if spec is None:
+        return None
+    return CompiledSockets(deny=compile_socket_denies(spec.deny))
+
+
+def _rate(rate: RateSpec | None) -> Rate | None:
+    return None if rate is None else Rate(per_second=rate.rate, burst=rate.effective_burst)
+
+
+def compile_limits(spec: LimitsSpec | None) -> CompiledLimits | None:
+    """The process budgets; None when the policy sets none."""
+    if spec is None:
+        return None
+    return CompiledLimits(
+        max_processes=spec.max_processes,
+        forks=_rate(spec.forks_per_second),
+        execs=_rate(spec.execs_per_second),
+    )
+
+
 # ------------------------------------------------------------------------ public --
 
 
@@ -275,6 +374,9 @@ def compile_policy(policy: AgentPolicy) -> CompiledPolicy:
         mode=policy.spec.mode,
         egress=compile_egress(policy),
         exec=compile_exec(policy.spec.exec),
+        syscalls=compile_syscalls(policy.spec.syscalls),
+        sockets=compile_sockets(policy.spec.sockets),
+        limits=compile_limits(policy.spec.limits),
     )
 
 

@@ -48,7 +48,9 @@ MAX_NODES = 100_000
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 # Keys users may reasonably write that this version does not support yet.
-_NOT_YET = {"syscalls", "sockets", "limits", "budget", "budgets", "filesystem", "files"}
+_NOT_YET = {"filesystem", "files"}
+# Other words for spec keys that exist.
+_SPEC_SYNONYMS = {"budget": "limits", "budgets": "limits", "quota": "limits", "quotas": "limits"}
 
 _MISSING_HINTS = {
     "apiVersion": f"add 'apiVersion: {API_VERSION}'",
@@ -58,6 +60,12 @@ _MISSING_HINTS = {
     "spec": "add a 'spec' with the rules (e.g. 'spec: {egress: {allow: []}}')",
     "allow": "use 'allow: []' to deny everything",
     "cidr": "e.g. 'cidr: 10.0.0.0/8'",
+    "rate": "e.g. '{rate: 10, burst: 30}', or just the rate: 'execsPerSecond: 10'",
+}
+# Hints for missing keys that depend on where they are missing.
+_MISSING_PATH_HINTS: dict[FieldPath, str] = {
+    ("spec", "syscalls", "deny"): "list what to deny, e.g. 'deny: [ptrace, \"@mount\"]'",
+    ("spec", "sockets", "deny"): "list what to deny, e.g. 'deny: [raw, packet]'",
 }
 
 
@@ -181,6 +189,8 @@ def _yaml_error_problem(file: str, text: str, err: yaml.YAMLError) -> PolicyProb
             context_line = err.context_mark.line + 1 if err.context_mark else None
             where = f" (line {context_line})" if context_line else ""
             message += f", {err.context}{where}"
+        if "'@'" in (err.problem or ""):
+            message += "; a value starting with '@' must be quoted (\"@mount\")"
         line = min(err.problem_mark.line + 1, last_line)
         return PolicyProblem(file, line, YAML_PATH, message)
     if isinstance(err, yaml.reader.ReaderError):
@@ -268,6 +278,8 @@ def _unknown_key_message(error: ErrorDetails, path: FieldPath) -> str:
     close = difflib.get_close_matches(key, allowed, n=1)
     if path[:-1] == ("spec",) and key in _NOT_YET:
         message += " (not supported by this version of nodeguard yet)"
+    elif path[:-1] == ("spec",) and key in _SPEC_SYNONYMS:
+        message += f" (did you mean {_SPEC_SYNONYMS[key]!r}?)"
     elif close:
         message += f" (did you mean {close[0]!r}?)"
     if allowed:
@@ -314,7 +326,7 @@ def _message(error: ErrorDetails, path: FieldPath) -> str:
         return str(ctx["message"])
     if kind == "missing":
         name = str(path[-1]) if path else "?"
-        hint = _MISSING_HINTS.get(name)
+        hint = _MISSING_PATH_HINTS.get(path) or _MISSING_HINTS.get(name)
         return f"missing required key {name!r}" + (f"; {hint}" if hint else "")
     if kind == "extra_forbidden":
         return _unknown_key_message(error, path)

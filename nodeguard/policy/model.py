@@ -30,6 +30,8 @@ from pydantic_core import PydanticCustomError
 
 from nodeguard.bpf.abi import PATH_MAX, ExecKind
 from nodeguard.errors import PolicyProblem
+from nodeguard.policy import syscalls as syscall_vocabulary
+from nodeguard.policy.sockets import SocketKind, SocketKindError, number_hint, parse_socket_kind
 
 API_VERSION = "nodeguard.io/v1alpha1"
 KIND = "AgentPolicy"
@@ -37,6 +39,12 @@ KIND = "AgentPolicy"
 # Longest exec path (bytes, without the NUL) the kernel can match: it reads at most
 # PATH_MAX bytes including the NUL and treats a full buffer as "maybe truncated".
 EXEC_PATH_MAX = PATH_MAX - 2
+
+# spec.limits bounds: PID_MAX_LIMIT of 64-bit kernels (no pod can have more processes),
+# and a rate (per second) and burst a GCRA in nanoseconds represents exactly.
+MAX_PROCESSES_LIMIT = 4_194_304
+MAX_RATE = 1_000_000
+MAX_BURST = 1_000_000
 
 ERROR_TYPE = "nodeguard"  # pydantic error type of every error raised by this module
 
@@ -256,6 +264,74 @@ def parse_exec_pattern(value: Any) -> ExecPattern:
 ExecRulePattern = Annotated[ExecPattern, PlainValidator(parse_exec_pattern), PlainSerializer(str)]
 
 
+# ------------------------------------------------------------- syscalls, sockets --
+
+
+def parse_syscall_entry(value: Any) -> str:
+    """A ``spec.syscalls.deny`` entry: a syscall name of x86_64 or arm64, or ``@group``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise problem(
+            f"{value} is a syscall number; write the syscall's name (e.g. 'ptrace'): "
+            "numbers differ between x86_64 and arm64"
+        )
+    if not isinstance(value, str):
+        raise problem(f"expected a syscall name or '@group', got {describe(value)}")
+    message = syscall_vocabulary.entry_problem(value)
+    if message is not None:
+        raise problem(message)
+    return value
+
+
+SyscallEntry = Annotated[str, PlainValidator(parse_syscall_entry)]
+
+
+def _parse_socket_kind(value: Any) -> SocketKind:
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise problem(number_hint(value))
+    if not isinstance(value, str):
+        raise problem(
+            f"expected a socket kind such as 'packet' or 'inet:raw', got {describe(value)}"
+        )
+    try:
+        return parse_socket_kind(value)
+    except SocketKindError as err:
+        raise problem(err.message) from None
+
+
+SocketEntry = Annotated[SocketKind, PlainValidator(_parse_socket_kind), PlainSerializer(str)]
+
+
+# --------------------------------------------------------------------------- limits --
+
+
+def _whole_number(value: Any, what: str, lo: int, hi: int, unit: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        hint = "; write it without quotes" if isinstance(value, str) and value.isdigit() else ""
+        raise problem(f"{what}: expected a whole number, got {describe(value)}{hint}")
+    if not lo <= value <= hi:
+        raise problem(f"{what} {value} is out of range: use {lo}-{hi}{unit}")
+    return value
+
+
+def _parse_max_processes(value: Any) -> int:
+    return _whole_number(
+        value, "maxProcesses", 1, MAX_PROCESSES_LIMIT, " (live processes in the pod)"
+    )
+
+
+def _parse_rate(value: Any) -> int:
+    return _whole_number(value, "rate", 1, MAX_RATE, " per second")
+
+
+def _parse_burst(value: Any) -> int:
+    return _whole_number(value, "burst", 1, MAX_BURST)
+
+
+MaxProcesses = Annotated[int, PlainValidator(_parse_max_processes)]
+RatePerSecond = Annotated[int, PlainValidator(_parse_rate)]
+Burst = Annotated[int, PlainValidator(_parse_burst)]
+
+
 # ---------------------------------------------------------------------------- models --
 
 
@@ -327,6 +403,108 @@ class ExecSpec(StrictModel):
     allow: list[ExecRulePattern]
 
 
+class SyscallsSpec(StrictModel):
+    """Syscalls the agent may not make (names and ``@groups``, checked on x86_64 and arm64).
+
+    ``kill``: the seccomp filter kills the caller (SIGSYS) before the call runs; ``audit``:
+    reported, the call goes ahead.
+    """
+
+    deny: list[SyscallEntry]
+    action: Literal["kill", "audit"] = "kill"
+
+    @field_validator("deny")
+    @classmethod
+    def _deny_not_empty(cls, deny: list[str]) -> list[str]:
+        if not deny:
+            raise problem(
+                "'deny: []' denies nothing; list syscalls or groups (e.g. "
+                "[ptrace, \"@mount\"]), or remove 'syscalls'"
+            )
+        return deny
+
+
+class SocketsSpec(StrictModel):
+    """Socket kinds the agent may not create (``socket()`` fails with EPERM)."""
+
+    deny: list[SocketEntry]
+
+    @field_validator("deny")
+    @classmethod
+    def _deny_not_empty(cls, deny: list[SocketKind]) -> list[SocketKind]:
+        if not deny:
+            raise problem(
+                "'deny: []' denies nothing; list socket kinds (e.g. [raw, packet]), or "
+                "remove 'sockets'"
+            )
+        return deny
+
+
+class RateSpec(StrictModel):
+    """At most ``rate`` events per second, ``burst`` at once after a quiet period."""
+
+    rate: RatePerSecond
+    burst: Burst | None = None  # None: the rate
+
+    @property
+    def effective_burst(self) -> int:
+        return self.rate if self.burst is None else self.burst
+
+
+def _rate_shorthand(value: Any, name: str) -> Any:
+    usage = f"write a rate ('{name}: 20') or a rate and burst ('{name}: {{rate: 20, burst: 40}}')"
+    if value is None:
+        raise problem(f"'{name}:' is empty; {usage}, or remove '{name}'")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return {"rate": value}
+    if isinstance(value, str) and value.strip().isdigit():
+        raise problem(f"expected a rate, got {describe(value)}; write the number without quotes")
+    if not isinstance(value, dict):
+        raise problem(f"expected a rate, got {describe(value)}; {usage}")
+    return value
+
+
+class LimitsSpec(StrictModel):
+    """Process budgets of the pod (all its processes together); the process that breaks
+    one is killed."""
+
+    max_processes: MaxProcesses | None = Field(default=None, alias="maxProcesses")
+    forks_per_second: RateSpec | None = Field(default=None, alias="forksPerSecond")
+    execs_per_second: RateSpec | None = Field(default=None, alias="execsPerSecond")
+
+    @field_validator("forks_per_second", mode="before")
+    @classmethod
+    def _forks_shorthand(cls, value: Any) -> Any:
+        return _rate_shorthand(value, "forksPerSecond")
+
+    @field_validator("execs_per_second", mode="before")
+    @classmethod
+    def _execs_shorthand(cls, value: Any) -> Any:
+        return _rate_shorthand(value, "execsPerSecond")
+
+    @field_validator("max_processes", mode="before")
+    @classmethod
+    def _max_processes_not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise problem(
+                "'maxProcesses:' is empty; give a number (e.g. 64), or remove 'maxProcesses'"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _some_budget(self) -> Self:
+        if (
+            self.max_processes is None
+            and self.forks_per_second is None
+            and self.execs_per_second is None
+        ):
+            raise problem(
+                "'limits' sets no budget; set maxProcesses, forksPerSecond and/or "
+                "execsPerSecond, or remove 'limits'"
+            )
+        return self
+
+
 def _reject_null_section(value: Any, name: str, what: str) -> Any:
     if value is None:
         raise problem(
@@ -344,6 +522,9 @@ class PolicySpec(StrictModel):
     mode: Literal["enforce", "audit"] = "enforce"
     egress: EgressSpec | None = None  # None: egress not restricted
     exec: ExecSpec | None = None  # None: exec not restricted
+    syscalls: SyscallsSpec | None = None  # None: no syscall denied
+    sockets: SocketsSpec | None = None  # None: no socket kind denied
+    limits: LimitsSpec | None = None  # None: no process budget
 
     @field_validator("egress", mode="before")
     @classmethod
@@ -354,6 +535,36 @@ class PolicySpec(StrictModel):
     @classmethod
     def _exec_not_null(cls, value: Any) -> Any:
         return _reject_null_section(value, "exec", "exec")
+
+    @field_validator("syscalls", mode="before")
+    @classmethod
+    def _syscalls_not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise problem(
+                "'syscalls:' is empty; list what to deny (e.g. 'syscalls: {deny: [ptrace, "
+                "\"@mount\"]}'), or remove 'syscalls'"
+            )
+        return value
+
+    @field_validator("sockets", mode="before")
+    @classmethod
+    def _sockets_not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise problem(
+                "'sockets:' is empty; list what to deny (e.g. 'sockets: {deny: [raw, "
+                "packet]}'), or remove 'sockets'"
+            )
+        return value
+
+    @field_validator("limits", mode="before")
+    @classmethod
+    def _limits_not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise problem(
+                "'limits:' is empty; set maxProcesses, forksPerSecond and/or "
+                "execsPerSecond, or remove 'limits'"
+            )
+        return value
 
 
 class Metadata(StrictModel):

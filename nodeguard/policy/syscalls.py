@@ -1,9 +1,8 @@
-"""Syscall names and named groups for per-agent syscall deny lists.
+"""Syscall names and named groups for per-agent syscall deny lists (``spec.syscalls``).
 
-NOT wired into the policy schema on purpose: a policy that accepts ``spec.syscalls``
-before the kernel enforces it would promise a protection that does not exist. The
-policy layer calls :func:`resolve` only once enforcement lands (see
-docs/syscall-groups.md for what that enforcement has to get right).
+The policy schema validates every ``spec.syscalls.deny`` entry with :func:`entry_problem`
+and the compiler expands it with :func:`resolve` and :func:`deny_numbers`; see
+docs/syscall-groups.md for the groups and for what the enforcement has to get right.
 
 Names are checked against the syscall tables of BOTH supported architectures
 (:mod:`nodeguard.policy.syscall_tables`, generated from the Linux UAPI headers), so one
@@ -11,6 +10,12 @@ policy means the same on an x86_64 and an arm64 node. A name known on one archit
 only (x86_64's ``iopl``, ``open``; arm64 lacks the legacy non-``at`` calls) is accepted
 and reported as architecture-specific; a name known on neither is an error with a
 suggestion. ``@group`` names expand to their members.
+
+A compiled deny list also has numbers for ``i386``, the 32-bit ABI of x86_64 kernels
+(``int $0x80``, 32-bit programs), whose numbers differ: :func:`deny_numbers` maps the
+names there, adding the i386-only variants that do the same thing (``clock_settime64``
+for ``clock_settime``, ``setuid32`` for ``setuid``, the ``socketcall`` multiplexer for
+the socket calls; :data:`I386_COUNTERPARTS`). i386 names are never accepted in policies.
 """
 
 from __future__ import annotations
@@ -27,11 +32,17 @@ from nodeguard.errors import NodeguardError
 from nodeguard.policy.syscall_tables import HEADERS_VERSION, TABLES
 
 Arch = Literal["x86_64", "arm64"]
-ARCHES: Final[tuple[Arch, ...]] = ("x86_64", "arm64")
+ARCHES: Final[tuple[Arch, ...]] = ("x86_64", "arm64")  # names are validated against these
+# Every table: the validated arches plus i386, the 32-bit ABI of x86_64 kernels.
+TableArch = Literal["x86_64", "arm64", "i386"]
+COMPILED_ARCHES: Final[tuple[TableArch, ...]] = ("x86_64", "arm64", "i386")
 
 # uname -m spellings (and Debian/Go ones) of the supported architectures.
 _ARCH_ALIASES: Final[Mapping[str, Arch]] = MappingProxyType(
     {"x86_64": "x86_64", "amd64": "x86_64", "arm64": "arm64", "aarch64": "arm64"}
+)
+_TABLE_ARCH_ALIASES: Final[Mapping[str, TableArch]] = MappingProxyType(
+    {**_ARCH_ALIASES, "i386": "i386", "i686": "i386", "ia32": "i386"}
 )
 
 # Each group is a well-defined capability an agent never needs; docs/syscall-groups.md
@@ -193,6 +204,120 @@ IO_URING_REACHABLE: Final[frozenset[str]] = frozenset(
 
 _URING_GUARD: Final = "io_uring_setup"
 
+_SOCKET_CALLS: Final = (
+    "socket",
+    "socketpair",
+    "bind",
+    "connect",
+    "listen",
+    "accept",
+    "accept4",
+    "getsockname",
+    "getpeername",
+    "sendto",
+    "recvfrom",
+    "shutdown",
+    "setsockopt",
+    "getsockopt",
+    "sendmsg",
+    "recvmsg",
+    "sendmmsg",
+)
+_SYSV_IPC_CALLS: Final = (
+    "semget",
+    "semctl",
+    "shmget",
+    "shmctl",
+    "shmat",
+    "shmdt",
+    "msgget",
+    "msgsnd",
+    "msgrcv",
+    "msgctl",
+)
+
+# x86_64/arm64 name -> the i386-only syscalls that do the same, denied on i386 along with
+# the name itself (when i386 has it): 64-bit time (*_time64, *64), 32-bit ids (*32), large
+# file offsets, old forms, and the multiplexers socketcall and ipc, which can perform any
+# socket / System V IPC call and whose arguments a filter cannot see.
+I386_COUNTERPARTS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
+    {
+        **{name: ("socketcall",) for name in _SOCKET_CALLS},
+        "recvmmsg": ("socketcall", "recvmmsg_time64"),
+        **{name: ("ipc",) for name in _SYSV_IPC_CALLS},
+        "semop": ("ipc", "semtimedop_time64"),
+        "semtimedop": ("ipc", "semtimedop_time64"),
+        "umount2": ("umount",),
+        "stat": ("stat64", "oldstat"),
+        "lstat": ("lstat64", "oldlstat"),
+        "fstat": ("fstat64", "oldfstat"),
+        "newfstatat": ("fstatat64",),
+        "statfs": ("statfs64",),
+        "fstatfs": ("fstatfs64",),
+        "truncate": ("truncate64",),
+        "ftruncate": ("ftruncate64",),
+        "fcntl": ("fcntl64",),
+        "sendfile": ("sendfile64",),
+        "lseek": ("_llseek",),
+        "select": ("_newselect",),
+        "mmap": ("mmap2",),
+        "fadvise64": ("fadvise64_64",),
+        "getdents": ("readdir",),
+        "uname": ("olduname", "oldolduname"),
+        "getrlimit": ("ugetrlimit",),
+        "wait4": ("waitpid",),
+        "setpriority": ("nice",),
+        "rt_sigaction": ("sigaction", "signal"),
+        "rt_sigprocmask": ("sigprocmask", "sgetmask", "ssetmask"),
+        "rt_sigreturn": ("sigreturn",),
+        "rt_sigsuspend": ("sigsuspend",),
+        "rt_sigpending": ("sigpending",),
+        "settimeofday": ("stime",),
+        "clock_settime": ("clock_settime64", "stime"),
+        "clock_adjtime": ("clock_adjtime64",),
+        "clock_gettime": ("clock_gettime64",),
+        "clock_getres": ("clock_getres_time64",),
+        "clock_nanosleep": ("clock_nanosleep_time64",),
+        "timer_gettime": ("timer_gettime64",),
+        "timer_settime": ("timer_settime64",),
+        "timerfd_gettime": ("timerfd_gettime64",),
+        "timerfd_settime": ("timerfd_settime64",),
+        "utimensat": ("utimensat_time64",),
+        "pselect6": ("pselect6_time64",),
+        "ppoll": ("ppoll_time64",),
+        "io_pgetevents": ("io_pgetevents_time64",),
+        "mq_timedsend": ("mq_timedsend_time64",),
+        "mq_timedreceive": ("mq_timedreceive_time64",),
+        "rt_sigtimedwait": ("rt_sigtimedwait_time64",),
+        "futex": ("futex_time64",),
+        "sched_rr_get_interval": ("sched_rr_get_interval_time64",),
+        **{
+            name: (f"{name}32",)
+            for name in (
+                "chown",
+                "fchown",
+                "lchown",
+                "setuid",
+                "setgid",
+                "setreuid",
+                "setregid",
+                "setresuid",
+                "setresgid",
+                "setfsuid",
+                "setfsgid",
+                "setgroups",
+                "getuid",
+                "geteuid",
+                "getgid",
+                "getegid",
+                "getresuid",
+                "getresgid",
+                "getgroups",
+            )
+        },
+    }
+)
+
 
 class SyscallNameError(NodeguardError, ValueError):
     """A deny list names something that is neither a syscall (on any arch) nor a group.
@@ -275,27 +400,75 @@ def host_arch() -> Arch:
     return normalize_arch(platform.machine())
 
 
+def normalize_table_arch(arch: str) -> TableArch:
+    """Like :func:`normalize_arch`, also accepting ``i386`` (``i686``, ``ia32``): the
+    32-bit ABI of x86_64 kernels, which has a table but is never used to validate names."""
+    try:
+        return _TABLE_ARCH_ALIASES[arch]
+    except KeyError:
+        raise ValueError(
+            f"unsupported architecture {arch!r}: syscall tables exist for "
+            f"{', '.join(COMPILED_ARCHES)}"
+        ) from None
+
+
 def syscall_number(name: str, arch: str) -> int | None:
-    """Number of ``name`` on ``arch``, or None if the arch has no such syscall."""
-    return TABLES[normalize_arch(arch)].get(name)
+    """Number of ``name`` on ``arch`` (``x86_64``, ``arm64``, ``i386`` or an alias), or None
+    if the arch has no such syscall."""
+    return TABLES[normalize_table_arch(arch)].get(name)
 
 
 def syscall_name(number: int, arch: str) -> str | None:
     """Name of syscall ``number`` on ``arch`` (for decoding events), or None."""
-    return _reverse(normalize_arch(arch)).get(number)
+    return _reverse(normalize_table_arch(arch)).get(number)
 
 
 @cache
-def _reverse(arch: Arch) -> Mapping[int, str]:
+def _reverse(arch: TableArch) -> Mapping[int, str]:
     return MappingProxyType({number: name for name, number in TABLES[arch].items()})
 
 
 @cache
 def _known_names() -> frozenset[str]:
+    """Names a policy may use: those of the validated arches (not i386's)."""
     known: set[str] = set()
-    for table in TABLES.values():
-        known.update(table)
+    for arch in ARCHES:
+        known.update(TABLES[arch])
     return frozenset(known)
+
+
+@cache
+def _i386_canonical() -> Mapping[str, tuple[str, ...]]:
+    """i386-only name -> the x86_64/arm64 names it is a variant of (for messages)."""
+    found: dict[str, list[str]] = {}
+    for name, variants in I386_COUNTERPARTS.items():
+        for variant in variants:
+            if variant not in _known_names():
+                found.setdefault(variant, []).append(name)
+    return MappingProxyType({k: tuple(v) for k, v in found.items()})
+
+
+def i386_names(names: Iterable[str]) -> tuple[str, ...]:
+    """The i386 syscalls denied for the (expanded, x86_64/arm64) ``names``: each name that
+    i386 has, plus its i386-only variants (:data:`I386_COUNTERPARTS`); sorted, unique."""
+    table = TABLES["i386"]
+    found: set[str] = set()
+    for name in names:
+        if name in table:
+            found.add(name)
+        found.update(v for v in I386_COUNTERPARTS.get(name, ()) if v in table)
+    return tuple(sorted(found))
+
+
+def deny_numbers(names: Iterable[str], arch: str) -> tuple[int, ...]:
+    """Sorted syscall numbers to deny on ``arch`` for the expanded ``names`` (syscall names,
+    no groups): the numbers of the names that exist there; on ``i386`` those of
+    :func:`i386_names`."""
+    canonical = normalize_table_arch(arch)
+    table = TABLES[canonical]
+    if canonical == "i386":
+        return tuple(sorted(table[n] for n in i386_names(names)))
+    return tuple(sorted({table[n] for n in names if n in table}))
 
 
 def _suggest(entry: str) -> tuple[str, ...]:
@@ -312,6 +485,34 @@ def _suggest(entry: str) -> tuple[str, ...]:
     if not close and entry.startswith("@"):  # "@ptrace": a syscall written as a group
         close = difflib.get_close_matches(bare, sorted(known), n=3, cutoff=0.7)
     return tuple(close)
+
+
+def entry_problem(entry: str) -> str | None:
+    """None when ``entry`` may be in a deny list (a syscall on x86_64 or arm64, or a group);
+    otherwise what is wrong with it and how to fix it, for the policy schema."""
+    if entry in SYSCALL_GROUPS or entry in _known_names():
+        return None
+    suggestions = _suggest(entry)
+    message = _describe_problem(entry, suggestions)
+    if not entry.strip():
+        return message + "; remove it or write a syscall name"
+    if entry.startswith("@"):
+        return message + f"; groups are {_join(sorted(SYSCALL_GROUPS))} (docs/syscall-groups.md)"
+    variant_of = _i386_canonical().get(entry)
+    if variant_of:
+        intro = f"{entry!r} is an i386 (32-bit) syscall; deny lists use x86_64/arm64 names"
+        if len(variant_of) > 2:
+            shown = ", ".join(repr(n) for n in variant_of[:2])
+            return f"{intro}: denying any of {shown}, ... also denies {entry!r} on i386"
+        names = " or ".join(repr(n) for n in variant_of)
+        return f"{intro}: write {names} (its i386 forms, {entry!r} among them, are denied too)"
+    if suggestions or entry.strip().isdigit():
+        return message
+    return (
+        message + f": it is in neither the x86_64 nor the arm64 syscall table (Linux "
+        f"{HEADERS_VERSION} headers); check the spelling, or use a group "
+        "(docs/syscall-groups.md)"
+    )
 
 
 def _join(items: Iterable[str]) -> str:

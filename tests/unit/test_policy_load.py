@@ -147,10 +147,17 @@ CASES: list[tuple[str, str, int, str, str]] = [
     # --- spec
     (
         "unknown-spec-key",
-        HEAD + "spec:\n  syscalls: {deny: [ptrace]}\n",
+        HEAD + "spec:\n  filesystem: {deny: [/etc]}\n",
         5,
-        "spec.syscalls",
+        "spec.filesystem",
         "not supported by this version",
+    ),
+    (
+        "spec-key-synonym",
+        HEAD + "spec:\n  budget: {maxProcesses: 5}\n",
+        5,
+        "spec.budget",
+        "unknown key 'budget' (did you mean 'limits'?)",
     ),
     (
         "typo-spec-key",
