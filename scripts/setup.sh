@@ -83,6 +83,7 @@ PACKAGES=(
 )
 if [[ $DEV -eq 1 ]]; then
     PACKAGES+=(shellcheck jq ruby) # `make lint` checks scripts; tests run jq and `ruby -c`
+    PACKAGES+=(bpftool)            # tests check that nothing stays loaded (bpftool prog)
 fi
 
 APT_UPDATED=0
