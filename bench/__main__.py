@@ -1,6 +1,7 @@
 """Run the benchmarks as root: ``python -m bench [--quick] [--only NAME]``.
 
-Writes bench/results/latest.json and prints a Markdown table for docs/performance.md.
+Writes bench/results/latest.json (latest-NAME.json with --only) and prints a Markdown table
+for docs/performance.md.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from bench.guard_bench import (
     bench_null_syscall,
 )
 from bench.harness import BENCH_DIR, Comparison, build_binaries
+from bench.sandbox_bench import run_sandbox_bench
 
 
 def table(results: list[Comparison]) -> str:
@@ -39,7 +41,7 @@ def table(results: list[Comparison]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m bench")
     ap.add_argument("--quick", action="store_true", help="fewer rounds (for a smoke run)")
-    ap.add_argument("--only", choices=["connect", "forkexec", "syscall", "agent"])
+    ap.add_argument("--only", choices=["connect", "forkexec", "syscall", "sandbox", "agent"])
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("benchmarks load eBPF programs: run as root", file=sys.stderr)
@@ -54,6 +56,10 @@ def main() -> int:
         results.append(bench_fork_exec(bins, args.quick))
     if args.only in (None, "syscall"):
         results.append(bench_null_syscall(bins, args.quick))
+    sandbox_out: dict[str, object] = {}
+    if args.only in (None, "sandbox"):
+        sandbox_results, sandbox_out = run_sandbox_bench(bins, args.quick)
+        results += sandbox_results
     agent_out: dict[str, object] = {}
     if args.only in (None, "agent"):
         from bench.agent_bench import run_agent_bench  # noqa: PLC0415 - needs containerd
@@ -70,6 +76,7 @@ def main() -> int:
         "quick": args.quick,
         "duration_s": round(time.time() - started, 1),
         "results": [r.as_dict() for r in results],
+        "sandbox": sandbox_out,
         "agent": agent_out,
     }
     name = "latest.json" if args.only is None else f"latest-{args.only}.json"

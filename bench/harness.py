@@ -58,13 +58,16 @@ def bench_cgroup(name: str) -> Iterator[Path]:
             parent.rmdir()
 
 
-def run_loop(cgroup: Path, argv: list[str]) -> float:
-    """Run a C loop inside ``cgroup``; returns its ns per operation."""
+def run_loop(cgroup: Path, argv: list[str], setup: Callable[[], None] | None = None) -> float:
+    """Run a C loop inside ``cgroup``; returns its ns per operation. ``setup`` runs in the
+    child after it joined the cgroup, before exec (e.g. to install a seccomp filter)."""
     procs = cgroup / "cgroup.procs"
 
     def join() -> None:
         with open(procs, "w") as f:
             f.write("0")
+        if setup is not None:
+            setup()
 
     r = subprocess.run(
         argv, preexec_fn=join, capture_output=True, text=True, timeout=300, check=False
@@ -145,6 +148,72 @@ def compare(
         rounds=rounds,
         note=note,
     )
+
+
+def median_of(samples: int, measure: Callable[[], float]) -> float:
+    """The median of ``samples`` back-to-back measurements (one outlier run, e.g. a loop
+    that lost its CPU for a while, does not decide a round)."""
+    return statistics.median(measure() for _ in range(samples))
+
+
+@dataclass(frozen=True)
+class Subject:
+    name: str
+    measure: Callable[[], float]
+    goal_max_ratio: float | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class SubjectGroup:
+    """Subjects measured while ``context`` is entered (e.g. a hook attached): the context is
+    entered once per round for the whole group, so attaching is not repeated per subject."""
+
+    subjects: list[Subject]
+    context: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext
+
+
+def compare_groups(
+    baseline: Callable[[], float], groups: list[SubjectGroup], *, rounds: int
+) -> list[Comparison]:
+    """Several subjects against one baseline, all in the same rounds.
+
+    A round measures the baseline, every subject, then the baseline again; the order of
+    the groups (and of the subjects in them) is reversed every other round. Each subject's
+    round ratio is against the mean of the two baselines that bracket it, so slow drift
+    during a round cancels; the reported ratio is the median of the round ratios.
+    """
+    base: list[float] = []
+    samples: dict[str, list[float]] = {s.name: [] for g in groups for s in g.subjects}
+    ratios: dict[str, list[float]] = {name: [] for name in samples}
+    for i in range(rounds):
+        order = groups if i % 2 == 0 else list(reversed(groups))
+        first = baseline()
+        measured: dict[str, float] = {}
+        for group in order:
+            subjects = group.subjects if i % 2 == 0 else list(reversed(group.subjects))
+            with group.context():
+                for s in subjects:
+                    measured[s.name] = s.measure()
+        last = baseline()
+        base += [first, last]
+        for name, value in measured.items():
+            samples[name].append(value)
+            ratios[name].append(value / ((first + last) / 2))
+    base_ns = statistics.median(base)
+    return [
+        Comparison(
+            name=s.name,
+            baseline_ns=base_ns,
+            subject_ns=statistics.median(samples[s.name]),
+            paired_ratio=statistics.median(ratios[s.name]),
+            goal_max_ratio=s.goal_max_ratio,
+            rounds=rounds,
+            note=s.note,
+        )
+        for g in groups
+        for s in g.subjects
+    ]
 
 
 class LoopbackListener:
