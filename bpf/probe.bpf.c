@@ -205,3 +205,15 @@ int ng_probe_ringbuf(void *ctx)
 	probe_count(NG_CNT_EVENTS_EMITTED);
 	return 0;
 }
+
+/* Raw tracepoint (signal_generate: reports seccomp kills): reads the signal number from
+ * the raw arguments (args[0] is the sig), gated on a cgroup policy that never exists. */
+int ng_probe_raw_tracepoint(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct ng_cgroup_policy *pol = probe_policy();
+	if (!pol)
+		return 0;
+	if ((int)ctx->args[0] == 31 /* SIGSYS */)
+		probe_count(NG_CNT_VIOLATIONS);
+	return 0;
+}

@@ -110,6 +110,9 @@ class AdmitRequest:
     bundle: str
     container_name: str = ""
     pid: int = 0
+    # The hook's summary of the spec's linux.seccomp (nodeguard.agent.hook.seccomp_summary);
+    # None: the container has no seccomp filter.
+    seccomp: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -123,6 +126,7 @@ class AdmitRequest:
             "bundle": self.bundle,
             "container_name": self.container_name,
             "pid": self.pid,
+            "seccomp": self.seccomp,
         }
 
     @classmethod
@@ -155,10 +159,14 @@ class AdmitRequest:
         pid = data.get("pid", 0)
         if isinstance(pid, bool) or not isinstance(pid, int) or pid < 0:
             raise ValueError(f"pid: expected a non-negative integer, got {pid!r:.60}")
+        seccomp = data.get("seccomp")
+        if seccomp is not None and not isinstance(seccomp, dict):
+            raise ValueError(f"seccomp: expected an object or null, got {seccomp!r:.60}")
         return cls(
             container_type=cast("ContainerType", container_type),
             container_name=container_name,
             pid=pid,
+            seccomp=seccomp,
             **strings,
         )
 

@@ -52,6 +52,8 @@ DEFAULT_PIN_DIR = Path("/sys/fs/bpf/nodeguard")
 DEFAULT_METRICS_PORT = 9464
 DEFAULT_RESYNC_INTERVAL_MS = 500
 DEFAULT_HOOK_TIMEOUT_MS = 2000
+DEFAULT_SECCOMP_PROFILE_DIR = Path("/var/lib/kubelet/seccomp/nodeguard")
+DEFAULT_SECCOMP_LISTENER = Path("/run/nodeguard/seccomp.sock")
 
 # Where "every namespace" is written in failClosedNamespaces.
 ALL_NAMESPACES = "*"
@@ -316,6 +318,12 @@ class AgentConfig(StrictModel):
     hook_timeout_ms: HookTimeoutMs = Field(default=DEFAULT_HOOK_TIMEOUT_MS, alias="hookTimeoutMs")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", alias="logLevel"
+    )
+    seccomp_profile_dir: AbsDir = Field(
+        default=DEFAULT_SECCOMP_PROFILE_DIR, alias="seccompProfileDir"
+    )
+    seccomp_listener_path: SocketPath = Field(
+        default=DEFAULT_SECCOMP_LISTENER, alias="seccompListenerPath"
     )
 
     @field_validator("fail_closed_namespaces", mode="before")

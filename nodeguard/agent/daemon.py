@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import signal
 import threading
 import time
@@ -32,9 +33,17 @@ from nodeguard.agent.cgroup_watch import PodCgroupWatch
 from nodeguard.agent.config import AgentConfig
 from nodeguard.agent.enforcer import Enforcer
 from nodeguard.agent.eventlog import EventLog
-from nodeguard.agent.hook import write_fail_closed_file
+from nodeguard.agent.hook import (
+    CONTAINER_NAME,
+    SANDBOX_NAME,
+    SANDBOX_NAMESPACE,
+    SANDBOX_UID,
+    write_fail_closed_file,
+)
 from nodeguard.agent.metrics import AgentMetrics, MetricsServer
 from nodeguard.agent.policy_store import PolicyStore
+from nodeguard.agent.sandbox import admission_problem, enforcement
+from nodeguard.agent.seccomp_listener import ProcessState, SeccompListenerServer
 from nodeguard.agent.status import (
     AgentHealth,
     AgentState,
@@ -54,14 +63,20 @@ from nodeguard.bpf.guard import (
     stale_pin_sets,
 )
 from nodeguard.bpf.probe import run_probes
+from nodeguard.errors import NodeguardError
 from nodeguard.events.aggregate import CountTracker
 from nodeguard.events.build import ViolationBuilder
 from nodeguard.events.clock import MonotonicClock
 from nodeguard.events.decode import DecodeStats, decode
 from nodeguard.events.model import Violation
 from nodeguard.events.ocsf import to_json_line
+from nodeguard.identity.cgroupfs import cgroup_id, own_cgroup_path
 from nodeguard.identity.cri import CRIClient, CRIError
+from nodeguard.policy.compiled import CompiledSockets
+from nodeguard.policy.syscalls import host_arch
 from nodeguard.runner.preflight import preflight
+from nodeguard.seccomp.notify import Listener, NotifyServer
+from nodeguard.seccomp.profile import METADATA_PREFIX, write_profiles
 
 _log = log.get("nodeguard.agent")
 
@@ -91,6 +106,12 @@ class Agent:
         self._heartbeat = time.monotonic()
         self._stale_pin_sets: list[Path] = []
         self._cleaned = False
+        self.arch = host_arch()
+        self._notify_records: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self.notify = NotifyServer(emit=self._notify_records.put)
+        self._profiles: dict[str, Path] = {}
+        self._profile_error: str | None = None
+        self._untraceable: list[str] = []
 
     # ------------------------------------------------------------- start-up ---
     def start(self) -> None:
@@ -124,9 +145,15 @@ class Agent:
         self._note_policy_error(result.error)
         if self.store.generation > 0:  # an invalid first load has no good set to apply:
             self.enforcer.apply_policies(result.policies)  # adopted enforcement stays
+            self._apply_sandbox()
         self._write_fail_closed()
         self.cri = CRIClient(cfg.cri_socket, timeout_s=5.0)
         self.guard.on_record(self._on_record)
+        self.notify.start()
+        self.seccomp_listener = SeccompListenerServer(
+            cfg.seccomp_listener_path, self._on_seccomp_fd
+        )
+        self.seccomp_listener.start()
         _log.info(
             "agent_starting",
             node=cfg.node_name,
@@ -159,6 +186,7 @@ class Agent:
         try:
             while not self._stop.is_set():
                 self.guard.poll(POLL_MS)
+                self._pump_notify()
                 now = time.monotonic()
                 self._heartbeat = now
                 if self._policy_changed.is_set():
@@ -206,9 +234,14 @@ class Agent:
                 self.api.stop()
             if getattr(self, "metrics_server", None) is not None and self.metrics_server:
                 self.metrics_server.stop()
+            if getattr(self, "seccomp_listener", None) is not None:
+                self.seccomp_listener.stop()
             if getattr(self, "guard", None) is not None:
                 self._flush()  # drains the ring buffer first
                 self.guard.close()  # pinned: enforcement continues without us
+            # Containers whose listener fd we held get ENOSYS for denied socket kinds
+            # from now on: still refused, no longer reported.
+            self.notify.stop()
             if getattr(self, "events", None) is not None:
                 self.events.close()
         _log.info("agent_stopped")
@@ -282,6 +315,7 @@ class Agent:
         with self._lock:
             self.enforcer.apply_policies(result.policies)
             self.enforcer.reconcile([s.pod for s in self.enforcer.pods.values()])
+            self._apply_sandbox()
         self._write_fail_closed()
         _log.info(
             "policies_applied",
@@ -361,9 +395,124 @@ class Agent:
             if state.policy is None:
                 reason = state.error or "could not be enforced"
                 return AdmitResponse(False, False, state.selection.policy.name, reason)
+            loaded = self.enforcer.policies.get(state.policy)
+            if loaded is not None:
+                problem = admission_problem(
+                    loaded.compiled,
+                    self.arch,
+                    req.seccomp,
+                    listener=self.config.seccomp_listener_path,
+                    profile_dir=self.config.seccomp_profile_dir,
+                )
+                if problem is not None:
+                    _log.warning(
+                        "container_refused_seccomp",
+                        pod=pod.ref,
+                        container=req.container_name,
+                        policy=state.policy,
+                        reason=problem,
+                    )
+                    return AdmitResponse(False, True, state.policy, problem)
             return AdmitResponse(True, True, state.policy, state.selection.reason)
         finally:
             self.metrics.admit_seconds.observe(time.monotonic() - started)
+
+    # --------------------------------------------------------------- sandbox ---
+    def _apply_sandbox(self) -> None:
+        """After a policy change: the seccomp profiles pods reference, and the audit
+        tracepoints of audited syscalls / socket families (lock held or start-up)."""
+        cfg = self.config
+        compiled = [lp.compiled for lp in self.enforcer.policies.values()]
+        try:
+            self._profiles = write_profiles(
+                cfg.seccomp_profile_dir, compiled, self.arch, cfg.seccomp_listener_path
+            )
+            self._profile_error = None
+        except OSError as err:
+            self._profile_error = (
+                f"seccomp profiles: cannot write {cfg.seccomp_profile_dir}: {err.strerror or err}"
+            )
+            _log.error("seccomp_profiles_unwritable", error=self._profile_error)
+        names = sorted(
+            {
+                n
+                for c in compiled
+                if c.syscalls is not None and c.syscall_audit()
+                for n in c.syscalls.names
+            }
+        )
+        sockets = any(
+            c.mode == "audit" and c.sockets is not None and bool(c.sockets.seccomp_families)
+            for c in compiled
+        )
+        try:
+            self._untraceable = self.guard.set_audit(names, sockets)
+        except NodeguardError as err:
+            _log.error("audit_tracepoints_failed", error=str(err))
+        if self._untraceable:
+            _log.warning(
+                "audit_untraceable",
+                syscalls=self._untraceable,
+                hint="no tracepoint on this kernel: audit cannot observe them",
+            )
+
+    def _on_seccomp_fd(self, fd: int, st: ProcessState) -> None:
+        """runc handed over a container's seccomp listener fd (listener thread)."""
+        uid = st.annotations.get(SANDBOX_UID, "")
+        named = (
+            st.metadata.removeprefix(METADATA_PREFIX)
+            if st.metadata.startswith(METADATA_PREFIX)
+            else None
+        )
+        mount = self.mount
+        fallback = 0
+        if st.pid:
+            with contextlib.suppress(OSError, NodeguardError):
+                fallback = cgroup_id(own_cgroup_path(mount, st.pid))
+        enforcer = self.enforcer
+
+        def policy_of() -> tuple[int, CompiledSockets | None]:
+            state = enforcer.pods.get(uid)
+            name = state.policy if state is not None and state.policy else named
+            loaded = enforcer.policies.get(name) if name else None
+            if loaded is None:
+                return 0, None
+            return loaded.policy_id, loaded.compiled.sockets
+
+        def cgroup_of(tid: int) -> int:
+            try:
+                return cgroup_id(own_cgroup_path(mount, tid))
+            except (OSError, NodeguardError):
+                return fallback
+
+        pod = (
+            f"{st.annotations.get(SANDBOX_NAMESPACE, '?')}/{st.annotations.get(SANDBOX_NAME, '?')}"
+        )
+        label = f"{pod}/{st.annotations.get(CONTAINER_NAME, st.container_id[:12])}"
+        self.notify.add(Listener(fd, policy_of, cgroup_of, label=label))
+        _log.info(
+            "seccomp_listener_received",
+            container=st.container_id[:12],
+            pod=pod,
+            policy=named,
+            pid=st.pid,
+        )
+
+    def _policy_warnings(self, compiled: Any) -> tuple[str, ...]:
+        syscalls = compiled.syscalls
+        if syscalls is None or not compiled.syscall_audit():
+            return ()
+        missing = sorted(set(self._untraceable) & set(syscalls.names))
+        return (_untraceable_warning(missing),) if missing else ()
+
+    def _pump_notify(self) -> None:
+        """Records the seccomp notify server made (on its thread) into the record path."""
+        while True:
+            try:
+                data = self._notify_records.get_nowait()
+            except queue.Empty:
+                return
+            self._on_record(data)
 
     def _pod_removed(self, cgid: int) -> None:
         """Flush, then drop, the aggregates of a cgroup that is gone (lock held)."""
@@ -404,9 +553,11 @@ class Agent:
         self.events.write(to_json_line(v))
 
     def _flush(self) -> None:
+        self._pump_notify()
         with self._lock:
             self.guard.drain()
-            for violation in self.builder.flush(self.guard.aggregates()):
+            aggregates = self.guard.aggregates() + self.notify.aggregates()
+            for violation in self.builder.flush(aggregates):
                 self._emit(violation)
             k = self.guard.counters()
             self.events.flush()  # records first, then the checkpoint that says so
@@ -429,6 +580,8 @@ class Agent:
             reasons = list(self._reasons)
             if self.store.last_error:
                 reasons.append("policy directory: last load failed, the last good policies stay")
+            if self._profile_error:
+                reasons.append(self._profile_error)
             if not self._ready:
                 state: AgentState = "starting"
             else:
@@ -450,6 +603,14 @@ class Agent:
                     mode=lp.compiled.mode,
                     pods=counts.get(name, 0),
                     source_file=(lp.policy.source.file if lp.policy.source else ""),
+                    seccomp_profile=(str(self._profiles[name]) if name in self._profiles else None),
+                    enforcement=enforcement(
+                        lp.compiled,
+                        profile_path=self._profiles.get(name),
+                        listener=self.config.seccomp_listener_path,
+                        untraceable=self._untraceable,
+                    ),
+                    warnings=self._policy_warnings(lp.compiled),
                 )
                 for name, lp in sorted(self.enforcer.policies.items())
             )
@@ -502,6 +663,14 @@ class Agent:
                 policy_dir=pdir,
                 collector=collector,
             )
+
+
+def _untraceable_warning(names: list[str]) -> str:
+    return (
+        "audit cannot observe "
+        + ", ".join(names)
+        + " (no tracepoint for it on this kernel); the kill action would still stop it"
+    )
 
 
 def teardown(config: AgentConfig, limits: GuardLimits | None = None) -> int:

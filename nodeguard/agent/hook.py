@@ -96,6 +96,7 @@ class ContainerInfo:
     cgroups_path: str
     bundle: str
     pid: int
+    seccomp: dict[str, Any] | None = None  # seccomp_summary() of the spec's linux.seccomp
 
     def describe(self) -> str:
         kind = "pod sandbox" if self.container_type == "sandbox" else "container"
@@ -118,6 +119,7 @@ class ContainerInfo:
             bundle=self.bundle,
             container_name=self.container_name,
             pid=self.pid,
+            seccomp=self.seccomp,
         )
 
 
@@ -205,6 +207,41 @@ def fail_closed(config: HookConfig, namespace: str | None) -> bool:
 
 # --------------------------------------------------------------------- parsing --
 
+# seccomp actions the admission check looks at (nodeguard.seccomp.profile.KILL_ACTIONS).
+_SECCOMP_ACTIONS = frozenset(
+    {"SCMP_ACT_KILL_PROCESS", "SCMP_ACT_KILL", "SCMP_ACT_KILL_THREAD", "SCMP_ACT_NOTIFY"}
+)
+MAX_SECCOMP_RULES = 256
+
+
+def seccomp_summary(seccomp: Any) -> dict[str, Any] | None:
+    """The part of a container's ``linux.seccomp`` the agent's admission check reads
+    (:func:`nodeguard.seccomp.profile.missing`): default action, architectures, listener
+    and the kill and notify rules (a whole RuntimeDefault profile would not fit a request).
+    None when the spec has no seccomp filter."""
+    if not isinstance(seccomp, dict):
+        return None
+    rules: list[dict[str, Any]] = []
+    for rule in seccomp.get("syscalls") or []:
+        if not isinstance(rule, dict) or rule.get("action") not in _SECCOMP_ACTIONS:
+            continue
+        names = [n for n in (rule.get("names") or []) if isinstance(n, str)]
+        args = [
+            [a.get("index", 0), a.get("value", 0), a.get("valueTwo", 0), a.get("op", "")]
+            for a in (rule.get("args") or [])
+            if isinstance(a, dict)
+        ]
+        rules.append({"names": names, "action": rule["action"], "args": args})
+        if len(rules) >= MAX_SECCOMP_RULES:
+            break
+    listener = seccomp.get("listenerPath")
+    return {
+        "default_action": str(seccomp.get("defaultAction", "")),
+        "architectures": [a for a in seccomp.get("architectures") or [] if isinstance(a, str)],
+        "listener_path": listener if isinstance(listener, str) else "",
+        "rules": rules,
+    }
+
 
 def _annotations(value: Any) -> dict[str, str]:
     if not isinstance(value, dict):
@@ -247,6 +284,7 @@ def parse_container(state_text: bytes | str) -> ContainerInfo | None:
         raise HookInputError(f"unknown {CONTAINER_TYPE} {container_type!r}", namespace)
     linux = config.get("linux")
     cgroups_path = linux.get("cgroupsPath", "") if isinstance(linux, dict) else ""
+    seccomp = seccomp_summary(linux.get("seccomp")) if isinstance(linux, dict) else None
     pid = state.get("pid", 0)
     return ContainerInfo(
         container_id=container_id,
@@ -259,6 +297,7 @@ def parse_container(state_text: bytes | str) -> ContainerInfo | None:
         cgroups_path=cgroups_path if isinstance(cgroups_path, str) else "",
         bundle=bundle,
         pid=pid if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else 0,
+        seccomp=seccomp,
     )
 
 

@@ -96,6 +96,11 @@ class PolicyStatus:
     pods: int
     source_file: str
     last_load_error: str | None = None
+    # The Localhost seccomp profile written for the policy (None: it needs none).
+    seccomp_profile: str | None = None
+    # limit (egress, exec, syscalls.deny (kill), sockets packet, limits) -> mechanism
+    enforcement: Mapping[str, str] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # e.g. audited syscalls without a tracepoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +195,9 @@ class StatusSnapshot:
                     "pods": p.pods,
                     "source_file": p.source_file,
                     "last_load_error": p.last_load_error,
+                    "seccomp_profile": p.seccomp_profile,
+                    "enforcement": dict(p.enforcement),
+                    "warnings": list(p.warnings),
                 }
                 for p in self.policies
             ],
@@ -275,6 +283,9 @@ class StatusSnapshot:
                     pods=p.integer("pods"),
                     source_file=p.text("source_file"),
                     last_load_error=p.opt_text("last_load_error"),
+                    seccomp_profile=p.opt_text("seccomp_profile"),
+                    enforcement=p.text_map("enforcement", {}),
+                    warnings=tuple(p.text_list("warnings")),
                 )
                 for p in root.items("policies")
             ),
@@ -410,8 +421,8 @@ class _Reader:
             raise self._bad(key, "a list of strings")
         return list(value)
 
-    def text_map(self, key: str) -> dict[str, str]:
-        value = self._get(key)
+    def text_map(self, key: str, default: Any = _MISSING) -> dict[str, str]:
+        value = self._get(key, default)
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             raise self._bad(key, "an object of strings")
         return dict(value)
@@ -627,6 +638,13 @@ def _policies_tables(snap: StatusSnapshot) -> list[RenderableType]:
     out: list[RenderableType] = [table]
     if errors:
         out.append(_kv_table("Policy load errors (the previous version stays in force)", errors))
+    for policy in snap.policies:
+        rows: list[tuple[str, Text | str]] = [(k, v) for k, v in policy.enforcement.items()]
+        if policy.seccomp_profile:
+            rows.append(("seccomp profile", policy.seccomp_profile))
+        rows.extend(("WARNING", Text(w, style="bold yellow")) for w in policy.warnings)
+        if rows:
+            out.append(_kv_table(f"Policy {policy.name}: what enforces each limit", rows))
     return out
 
 

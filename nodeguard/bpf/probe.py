@@ -56,6 +56,17 @@ SAFE_MISMATCH = (
 
 EGRESS_MECHANISM = "cgroup sock_addr (connect4/6, sendmsg4/6), EPERM"
 EXEC_MECHANISM = "tracepoint sched_process_exec + bpf_send_signal(SIGKILL)"
+SYSCALLS_MECHANISM = (
+    "seccomp filter SCMP_ACT_KILL_PROCESS (run: installed before exec; pods: Localhost "
+    "profile) + raw tracepoint signal_generate report; audit: per-syscall tracepoints"
+)
+SOCKETS_MECHANISM = (
+    "inet/inet6: cgroup sock_create, EPERM; other families: seccomp user notification, "
+    "EPERM from the supervisor"
+)
+LIMITS_MECHANISM = (
+    "BPF counters (task_newtask, sched_process_exit, sched_process_exec) + bpf_send_signal(SIGKILL)"
+)
 
 _log = log.get(__name__)
 
@@ -531,8 +542,16 @@ _LOADS: tuple[_LoadSpec, ...] = (
         "ng_probe_sock_create",
         "CGROUP_SOCK",
         "CGROUP_INET_SOCK_CREATE",
-        False,  # socket-kind policies are planned, not built yet
-        "socket kinds (planned feature)",
+        True,  # the guard attaches it to every guarded cgroup
+        "socket kinds inet/inet6 (raw, ...): EPERM at socket()",
+    ),
+    _LoadSpec(
+        "raw_tracepoint",
+        "ng_probe_raw_tracepoint",
+        "RAW_TRACEPOINT",
+        None,
+        True,
+        "seccomp kill reports: raw tracepoint program (signal_generate)",
     ),
     _LoadSpec(
         "tracepoint",
@@ -592,6 +611,63 @@ KFUNC_PROBE(do_unlinkat, int dfd)
     return 0;
 }
 """
+
+
+def _probe_tracepoint_exists(name: str, category: str, event: str, what: str) -> Feature:
+    """A tracepoint the guard attaches to exists in tracefs (nothing is attached here)."""
+    path = TRACEFS / "events" / category / event
+    if path.is_dir():
+        return Feature(name, True, f"{what}: {category}/{event} present")
+    return Feature(
+        name,
+        False,
+        f"{what}: {path} is missing",
+        fix="mount tracefs (scripts/setup.sh) and use a kernel with CONFIG_TRACEPOINTS",
+    )
+
+
+def _seccomp_action_available(action: int) -> bool:
+    """seccomp(SECCOMP_GET_ACTION_AVAIL, 0, &action) == 0."""
+    import ctypes as ct  # noqa: PLC0415
+    import platform  # noqa: PLC0415
+
+    nr = {"x86_64": 317, "aarch64": 277}.get(platform.machine())
+    if nr is None:
+        return False
+    libc = ct.CDLL(None, use_errno=True)
+    libc.syscall.restype = ct.c_long
+    value = ct.c_uint32(action)
+    return int(libc.syscall(nr, 2, 0, ct.byref(value))) == 0  # 2: SECCOMP_GET_ACTION_AVAIL
+
+
+def _probe_seccomp() -> Feature:
+    """seccomp filters with the kill-process action (SECCOMP_GET_ACTION_AVAIL)."""
+    if _seccomp_action_available(0x80000000):  # SECCOMP_RET_KILL_PROCESS
+        return Feature("seccomp.filter", True, "seccomp filters with SECCOMP_RET_KILL_PROCESS")
+    return Feature(
+        "seccomp.filter",
+        False,
+        "seccomp filters (or SECCOMP_RET_KILL_PROCESS, Linux 4.14) are not available",
+        fix="a kernel with CONFIG_SECCOMP_FILTER",
+    )
+
+
+def _probe_user_notif() -> Feature:
+    from nodeguard.seccomp.install import user_notif_available  # noqa: PLC0415
+
+    if user_notif_available():
+        return Feature(
+            "seccomp.user_notif",
+            True,
+            "SECCOMP_RET_USER_NOTIF: socket families other than inet/inet6 refused and reported",
+        )
+    return Feature(
+        "seccomp.user_notif",
+        False,
+        "SECCOMP_RET_USER_NOTIF is not available (Linux >= 5.0 needed): policies denying "
+        "socket families other than inet/inet6 cannot be enforced",
+        fix="a kernel >= 5.0 with CONFIG_SECCOMP_FILTER",
+    )
 
 
 def _not_checked(name: str, required: bool, why: str, fix: str | None) -> Feature:
@@ -791,6 +867,15 @@ def choose_mechanisms(features: dict[str, Feature]) -> tuple[Mechanism, ...]:
         "map.lpm_trie",
         "map.ringbuf",
     )
+    syscalls_needs = ("seccomp.filter", "raw_tracepoint", "tracepoint.signal_generate")
+    sockets_needs = ("cgroup2", "cgroup_sock.create", "seccomp.user_notif")
+    limits_needs = (
+        "tracefs",
+        "tracepoint.task_newtask",
+        "tracepoint",
+        "helper.send_signal",
+        "helper.ancestor_cgroup_id",
+    )
     return (
         Mechanism(
             "egress",
@@ -818,6 +903,13 @@ def choose_mechanisms(features: dict[str, Feature]) -> tuple[Mechanism, ...]:
                 ),
             ),
         ),
+        Mechanism(
+            "syscalls",
+            SYSCALLS_MECHANISM if all_ok(syscalls_needs) else None,
+            syscalls_needs,
+        ),
+        Mechanism("sockets", SOCKETS_MECHANISM if all_ok(sockets_needs) else None, sockets_needs),
+        Mechanism("limits", LIMITS_MECHANISM if all_ok(limits_needs) else None, limits_needs),
     )
 
 
@@ -857,6 +949,29 @@ def run_probes(*, euid: int | None = None, source: Path = PROBE_SOURCE) -> Repor
         features.extend(_bpf_features(bcc, uid, source))
     except Exception as err:
         features.append(Feature(_COMPILE_FEATURE, False, f"probe crashed: {err!r}"))
+    features.extend(
+        [
+            _guarded("seccomp.filter", True, _probe_seccomp),
+            _guarded("seccomp.user_notif", True, _probe_user_notif),
+            _guarded(
+                "tracepoint.signal_generate",
+                True,
+                lambda: _probe_tracepoint_exists(
+                    "tracepoint.signal_generate",
+                    "signal",
+                    "signal_generate",
+                    "seccomp kill reports",
+                ),
+            ),
+            _guarded(
+                "tracepoint.task_newtask",
+                True,
+                lambda: _probe_tracepoint_exists(
+                    "tracepoint.task_newtask", "task", "task_newtask", "process budgets (forks)"
+                ),
+            ),
+        ]
+    )
     features.append(_guarded("kprobes", False, lambda: _probe_kprobes(config)))
     try:
         features.extend(_optional_features(bcc, uid, config))

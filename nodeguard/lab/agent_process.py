@@ -39,6 +39,10 @@ class AgentProcess:
         return self.workdir / "policies"
 
     @property
+    def seccomp_profile_dir(self) -> Path:
+        return self.workdir / "seccomp"
+
+    @property
     def config_path(self) -> Path:
         return self.workdir / "agent.yaml"
 
@@ -50,6 +54,8 @@ class AgentProcess:
             "policyDir": str(self.policy_dir),
             "stateDir": str(self.workdir / "state"),
             "apiSocket": str(self.runtime.agent_socket),
+            "seccompProfileDir": str(self.seccomp_profile_dir),
+            "seccompListenerPath": str(self.runtime.agent_socket.with_name("seccomp.sock")),
             "metricsAddress": "",
             "pinDir": str(self.pin_root),
             "nodeName": "test-node",

@@ -54,7 +54,7 @@ BUSYBOX = Path("/bin/busybox")
 APPLETS = (
     "sh", "sleep", "nc", "wget", "touch", "cat", "ls", "echo", "ip", "ps", "id",
     "hostname", "true", "false", "env", "mkdir", "rm", "kill", "printf", "test",
-    "grep", "head", "timeout", "ping",
+    "grep", "head", "timeout", "ping", "unshare", "arping",
 )  # fmt: skip
 CNI_BIN_DIRS = (Path("/usr/lib/cni"), Path("/opt/cni/bin"))  # Debian's, then upstream's
 CNI_PLUGINS = ("bridge", "host-local", "loopback")
@@ -820,9 +820,15 @@ class KubeletSim:
         return pod
 
     def start_container(
-        self, pod: PodHandle, name: str, command: list[str], image: str | None = None
+        self,
+        pod: PodHandle,
+        name: str,
+        command: list[str],
+        image: str | None = None,
+        seccomp_profile: Path | None = None,
     ) -> str:
-        """CreateContainer + StartContainer; returns the container id."""
+        """CreateContainer + StartContainer; returns the container id. ``seccomp_profile``:
+        a Localhost profile (the kubelet sends the absolute path, as here)."""
         labels = {
             "io.kubernetes.container.name": name,
             "io.kubernetes.pod.name": pod.name,
@@ -837,7 +843,15 @@ class KubeletSim:
             log_path=f"{name}/0.log",
             linux=api_pb2.LinuxContainerConfig(
                 security_context=api_pb2.LinuxContainerSecurityContext(
-                    namespace_options=_namespaces()
+                    namespace_options=_namespaces(),
+                    seccomp=(
+                        api_pb2.SecurityProfile(
+                            profile_type=api_pb2.SecurityProfile.Localhost,
+                            localhost_ref=str(seccomp_profile),
+                        )
+                        if seccomp_profile is not None
+                        else None
+                    ),
                 )
             ),
         )

@@ -167,7 +167,7 @@ def test_json_shape_is_stable() -> None:
     assert headers["ok"] is True
     assert headers["warning"] is True
     assert headers["status"] == "warning"
-    assert set(data["mechanisms"]) == {"egress", "exec"}
+    assert set(data["mechanisms"]) == {"egress", "exec", "syscalls", "sockets", "limits"}
     egress = data["mechanisms"]["egress"]
     assert set(egress) == {"ok", "chosen", "needs", "alternatives"}
     assert egress["chosen"] == EGRESS_MECHANISM

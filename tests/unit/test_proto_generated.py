@@ -174,7 +174,11 @@ UPSTREAM_FIELDS: dict[str, dict[str, tuple[int, str]]] = {
     },
     "ListPodSandboxResponse": {"items": (1, "repeated message")},
     "ContainerMetadata": {"name": (1, "string"), "attempt": (2, "uint32")},
-    "LinuxContainerSecurityContext": {"namespace_options": (3, "message")},
+    "LinuxContainerSecurityContext": {
+        "namespace_options": (3, "message"),
+        "seccomp": (15, "message"),
+    },
+    "SecurityProfile": {"profile_type": (1, "enum"), "localhost_ref": (2, "string")},
     "LinuxContainerConfig": {"security_context": (2, "message")},
     "ContainerConfig": {
         "metadata": (1, "message"),
@@ -280,6 +284,12 @@ def test_messages_are_wire_compatible_with_upstream() -> None:
     for name, values in UPSTREAM_ENUMS.items():
         enum = api_pb2.DESCRIPTOR.enum_types_by_name[name]
         assert {v.name: v.number for v in enum.values} == values
+    profile_type = api_pb2.SecurityProfile.DESCRIPTOR.enum_types_by_name["ProfileType"]
+    assert {v.name: v.number for v in profile_type.values} == {
+        "RuntimeDefault": 0,
+        "Unconfined": 1,
+        "Localhost": 2,
+    }
 
 
 def test_unknown_fields_from_a_newer_runtime_are_kept() -> None:

@@ -274,6 +274,9 @@ def test_json_keys_are_the_documented_ones() -> None:
         "pods",
         "source_file",
         "last_load_error",
+        "seccomp_profile",
+        "enforcement",
+        "warnings",
     ]
     assert data["policies"][1]["last_load_error"] == POLICY_ERROR
     assert data["policies"][0]["last_load_error"] is None

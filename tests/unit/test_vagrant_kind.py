@@ -68,6 +68,7 @@ NODE_OWN_PATHS = {
     "/var/lib/nodeguard",
     "/run/nodeguard",
     "/opt/nodeguard",
+    "/var/lib/kubelet/seccomp/nodeguard",
 }
 
 # kind's v1alpha4 fields (kind decodes its configuration strictly: an unknown key fails).
