@@ -35,7 +35,7 @@ def run(prog: bytes, nr: int, arch: int, args: tuple[int, ...] = ()) -> int:
         elif code == 0x35:
             pc += jt if acc >= k else jf
         elif code == 0x06:
-            return k
+            return int(k)
         else:
             raise AssertionError(f"unexpected opcode {code:#x}")
 

@@ -22,7 +22,7 @@ from nodeguard.agent.seccomp_listener import (
 )
 from nodeguard.bpf import abi
 from nodeguard.policy.compile import compile_policy
-from nodeguard.policy.compiled import CompiledPolicy
+from nodeguard.policy.compiled import CompiledPolicy, CompiledSockets
 from nodeguard.policy.loader import load_policy_text
 from nodeguard.policy.syscalls import host_arch
 from nodeguard.seccomp.filter import assemble, plan
@@ -146,13 +146,16 @@ def test_notify_server_serves_several_listeners_and_closes_ended_ones() -> None:
     try:
         for policy_id in (7, 8):
             pid, fd, ctl = _child_with_filter(program)
-            server.add(
-                Listener(
-                    fd,
-                    lambda pid_=policy_id: (pid_, compiled.sockets),
-                    lambda _t, c=policy_id: 1000 + c,
-                )
-            )
+
+            def policy_of(
+                pid_: int = policy_id, sockets: CompiledSockets | None = compiled.sockets
+            ) -> tuple[int, CompiledSockets | None]:
+                return pid_, sockets
+
+            def cgroup_of(_tid: int, c: int = policy_id) -> int:
+                return 1000 + c
+
+            server.add(Listener(fd, policy_of, cgroup_of))
             children.append((pid, ctl))
         for pid, ctl in children:
             ctl.send(b"go")
