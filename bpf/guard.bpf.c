@@ -220,6 +220,16 @@ static __always_inline void ng_submit(void *e)
 	ng_count(NG_CNT_EVENTS_EMITTED);
 }
 
+/* A zeroed aggregation key (padding included) for one violation kind of a cgroup. */
+static __always_inline void ng_agg_key_init(struct ng_agg_key *ak, u64 cgid,
+					    struct ng_cgroup_policy *pol, u16 op)
+{
+	__builtin_memset(ak, 0, sizeof(*ak));
+	ak->cgroup_id = cgid;
+	ak->policy_id = pol->policy_id;
+	ak->op = op;
+}
+
 /* ------------------------------------------------------------------ egress --- */
 
 static __always_inline int ng_ports_allow(struct ng_port_set *ps, u16 port, u8 proto)
@@ -285,10 +295,7 @@ static __always_inline int ng_egress(struct bpf_sock_addr *ctx, int v6, u8 hook)
 		ng_count(NG_CNT_EGRESS_DENIED);
 
 	struct ng_agg_key ak;
-	__builtin_memset(&ak, 0, sizeof(ak));
-	ak.cgroup_id = cgid;
-	ak.policy_id = pol->policy_id;
-	ak.op = NG_OP_EGRESS;
+	ng_agg_key_init(&ak, cgid, pol, NG_OP_EGRESS);
 	ak.port = port;
 	__builtin_memcpy(ak.addr, key.addr, 16);
 	ak.protocol = proto;
@@ -296,10 +303,8 @@ static __always_inline int ng_egress(struct bpf_sock_addr *ctx, int v6, u8 hook)
 
 	u64 total, first;
 	if (ng_aggregate(&ak, now, &total, &first)) {
-		struct ng_egress_event *e = events.ringbuf_reserve(sizeof(struct ng_egress_event));
-		if (!e) {
-			ng_count(NG_CNT_RINGBUF_FULL);
-		} else {
+		struct ng_egress_event *e = ng_reserve(sizeof(struct ng_egress_event));
+		if (e) {
 			ng_fill_hdr(&e->hdr, NG_OP_EGRESS, sizeof(*e), pol, cgid, now, total, first);
 			__builtin_memcpy(e->addr, key.addr, 16);
 			e->port = port;
@@ -309,8 +314,7 @@ static __always_inline int ng_egress(struct bpf_sock_addr *ctx, int v6, u8 hook)
 			e->_pad[0] = 0;
 			e->_pad[1] = 0;
 			e->_pad[2] = 0;
-			events.ringbuf_submit(e, 0);
-			ng_count(NG_CNT_EVENTS_EMITTED);
+			ng_submit(e);
 		}
 	}
 	return audit ? 1 : 0;
@@ -364,10 +368,7 @@ static __always_inline void ng_limit_broken(struct ng_cgroup_policy *pol, u64 cg
 
 	u64 now = bpf_ktime_get_ns();
 	struct ng_agg_key ak;
-	__builtin_memset(&ak, 0, sizeof(ak));
-	ak.cgroup_id = cgid;
-	ak.policy_id = pol->policy_id;
-	ak.op = NG_OP_LIMIT;
+	ng_agg_key_init(&ak, cgid, pol, NG_OP_LIMIT);
 	__builtin_memcpy(ak.addr, &kind, 4);
 	u64 total, first;
 	if (!ng_aggregate(&ak, now, &total, &first))
@@ -554,27 +555,21 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 
 	u64 now = bpf_ktime_get_ns();
 	struct ng_agg_key ak;
-	__builtin_memset(&ak, 0, sizeof(ak));
-	ak.cgroup_id = cgid;
-	ak.policy_id = pol->policy_id;
-	ak.op = NG_OP_EXEC;
+	ng_agg_key_init(&ak, cgid, pol, NG_OP_EXEC);
 	u64 h = ng_fnv1a64(k->path, len);
 	__builtin_memcpy(ak.addr, &h, 8);
 
 	u64 total, first;
 	if (!ng_aggregate(&ak, now, &total, &first))
 		return 0;
-	struct ng_exec_event *e = events.ringbuf_reserve(sizeof(struct ng_exec_event));
-	if (!e) {
-		ng_count(NG_CNT_RINGBUF_FULL);
+	struct ng_exec_event *e = ng_reserve(sizeof(struct ng_exec_event));
+	if (!e)
 		return 0;
-	}
 	ng_fill_hdr(&e->hdr, NG_OP_EXEC, sizeof(*e), pol, cgid, now, total, first);
 	e->old_pid = args->old_pid;
 	e->path_len = len > 0 ? len : 0;
 	bpf_probe_read_kernel(e->path, NG_PATH_MAX, k->path);
-	events.ringbuf_submit(e, 0);
-	ng_count(NG_CNT_EVENTS_EMITTED);
+	ng_submit(e);
 	return 0;
 }
 
@@ -596,10 +591,7 @@ static __always_inline void ng_socket_report(struct ng_cgroup_policy *pol, u64 c
 	ng_count(NG_CNT_VIOLATIONS);
 	u64 now = bpf_ktime_get_ns();
 	struct ng_agg_key ak;
-	__builtin_memset(&ak, 0, sizeof(ak));
-	ak.cgroup_id = cgid;
-	ak.policy_id = pol->policy_id;
-	ak.op = NG_OP_SOCKET;
+	ng_agg_key_init(&ak, cgid, pol, NG_OP_SOCKET);
 	__builtin_memcpy(&ak.addr[0], &family, 4);
 	__builtin_memcpy(&ak.addr[4], &type, 4);
 	__builtin_memcpy(&ak.addr[8], &proto, 4);
@@ -680,10 +672,7 @@ static __always_inline void ng_syscall_report(struct ng_cgroup_policy *pol, u64 
 	ng_count(NG_CNT_VIOLATIONS);
 	u64 now = bpf_ktime_get_ns();
 	struct ng_agg_key ak;
-	__builtin_memset(&ak, 0, sizeof(ak));
-	ak.cgroup_id = cgid;
-	ak.policy_id = pol->policy_id;
-	ak.op = NG_OP_SYSCALL;
+	ng_agg_key_init(&ak, cgid, pol, NG_OP_SYSCALL);
 	__builtin_memcpy(&ak.addr[0], &nr, 4);
 	__builtin_memcpy(&ak.addr[4], &arch, 4);
 	u64 total, first;

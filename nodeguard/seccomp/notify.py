@@ -34,6 +34,8 @@ from pathlib import Path
 
 from nodeguard import log
 from nodeguard.bpf import abi
+from nodeguard.events.build import socket_key_addr
+from nodeguard.events.decode import SOCKET_SIZE, RawHeader, RawSocket, encode
 from nodeguard.policy.compiled import CompiledSockets
 from nodeguard.policy.sockets import effective_family
 from nodeguard.seccomp.filter import ARCHES, I386
@@ -65,16 +67,16 @@ def parse_notification(buf: bytes) -> Notification:
     return Notification(nid, pid, nr, arch, args)
 
 
-def _tgid_comm(tid: int) -> tuple[int, bytes]:
+def _tgid_comm(tid: int) -> tuple[int, str]:
     tgid = tid
     try:
         for line in Path(f"/proc/{tid}/status").read_text().splitlines():
             if line.startswith("Tgid:"):
                 tgid = int(line.split()[1])
                 break
-        comm = Path(f"/proc/{tid}/comm").read_bytes().rstrip(b"\n")[: abi.COMM_LEN - 1]
+        comm = Path(f"/proc/{tid}/comm").read_text(errors="replace").rstrip("\n")
     except (OSError, ValueError):
-        comm = b""
+        comm = ""
     return tgid, comm
 
 
@@ -173,7 +175,7 @@ class NotifyServer:
                 key.cgroup_id = cgid
                 key.policy_id = policy_id
                 key.op = abi.Op.SOCKET
-                ct.memmove(key.addr, struct.pack("<III", family, sock_type, protocol), 12)
+                ct.memmove(key.addr, socket_key_addr(family, sock_type, protocol), 16)
                 value = abi.AggValue(agg.count, agg.first_ns, agg.last_ns, agg.last_emit_ns)
                 out.append((key, value))
         return out
@@ -281,22 +283,20 @@ class NotifyServer:
                 agg.last_emit_ns = now
             total, first = agg.count, agg.first_ns
         tgid, comm = _tgid_comm(tid)
-        e = abi.SocketEvent()
-        h = e.hdr
-        h.op = abi.Op.SOCKET
-        h.size = ct.sizeof(e)
-        h.policy_id = policy_id
-        h.ts_ns = now
-        h.cgroup_id = cgid
-        h.pid = tgid
-        h.tid = tid
-        h.verdict = abi.Verdict.BLOCKED
-        h.count_total = total
-        h.first_ns = first
-        h.comm = comm
-        e.family, e.type, e.protocol = family, sock_type, protocol
-        e.hook = abi.SockHook.SECCOMP_NOTIFY
-        self._emit(bytes(e))
+        hdr = RawHeader(
+            op=abi.Op.SOCKET,
+            size=SOCKET_SIZE,
+            policy_id=policy_id,
+            ts_ns=now,
+            cgroup_id=cgid,
+            pid=tgid,
+            tid=tid,
+            verdict=abi.Verdict.BLOCKED,
+            count_total=total,
+            first_ns=first,
+            comm=comm,
+        )
+        self._emit(encode(RawSocket(hdr, family, sock_type, protocol, abi.SockHook.SECCOMP_NOTIFY)))
 
 
 class SocketNotifier:
