@@ -192,16 +192,16 @@ class RunSession:
         guard: Guard | None = None
         cgroup: Path | None = None
         try:
+            # assembled before anything touches the kernel: a filter error changes nothing
             plan = seccomp_filter.plan(compiled, mode)
-            sandbox = (
-                Sandbox(seccomp_filter.assemble(plan, host_arch()), plan, compiled, 0)
-                if plan is not None
-                else None
-            )
+            program = seccomp_filter.assemble(plan, host_arch()) if plan is not None else None
             guard = Guard(opts.limits)
             policy_id = guard.load_policy(compiled)
-            if sandbox is not None:
-                sandbox = Sandbox(sandbox.program, sandbox.plan, compiled, policy_id)
+            sandbox = (
+                Sandbox(program, plan, compiled, policy_id)
+                if plan is not None and program is not None
+                else None
+            )
             cgroup = create_run_cgroup(mount)
             cgid = guard.guard(mount, cgroup, policy_id, mode)
             self._set_audit(guard, compiled, mode)
