@@ -23,6 +23,7 @@ PYTHON=${PYTHON:-$REPO_ROOT/.venv/bin/python}
 
 PROTOS=(
     nodeguard/proto/runtime/v1/api.proto
+    nodeguard/proto/nodeguard/v1/events.proto
 )
 
 if ! "$PYTHON" -c 'import grpc_tools.protoc' 2>/dev/null; then

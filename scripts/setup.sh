@@ -84,6 +84,8 @@ PACKAGES=(
 if [[ $DEV -eq 1 ]]; then
     PACKAGES+=(shellcheck jq ruby) # `make lint` checks scripts; tests run jq and `ruby -c`
     PACKAGES+=(bpftool)            # tests check that nothing stays loaded (bpftool prog)
+    # real SIEM-side parts the collector tests start privately: syslog over TCP/TLS, JetStream
+    PACKAGES+=(rsyslog rsyslog-gnutls nats-server)
 fi
 
 APT_UPDATED=0
