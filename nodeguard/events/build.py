@@ -9,6 +9,7 @@ the aggregate map) reuse because the map entry alone holds no path, pid or hook.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import struct
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -59,6 +60,7 @@ from nodeguard.policy.syscalls import syscall_name
 _log = structlog.get_logger("nodeguard.events.build")
 
 IPPROTO_TCP = 6
+_V4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
 IPPROTO_UDP = 17
 
 Hook = Literal["connect4", "connect6", "sendmsg4", "sendmsg6"]
@@ -114,6 +116,8 @@ WorkloadResolver = Callable[[int], WorkloadRef | None]  # cgroup id -> pod/conta
 
 def ip_text(addr: bytes) -> str:
     """IPv4 dotted quad for IPv4-mapped addresses, else compressed IPv6 text."""
+    if addr[:12] == _V4_MAPPED_PREFIX:  # the common case, without ipaddress objects
+        return socket.inet_ntop(socket.AF_INET, bytes(addr[12:16]))
     ip6 = ipaddress.IPv6Address(bytes(addr[:16]))
     mapped = ip6.ipv4_mapped
     return str(mapped) if mapped is not None else str(ip6)

@@ -11,6 +11,7 @@ No semantics here (verdict names, IP text, policy): that is :mod:`nodeguard.even
 from __future__ import annotations
 
 import ctypes as ct
+import struct
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -142,17 +143,47 @@ def _header(h: abi.EventHdr) -> RawHeader:
     )
 
 
+# Hot path (every record): the header and the egress body unpacked with struct instead of
+# ctypes objects, ~3x cheaper. Native byte order, no implicit alignment: the ABI header
+# pads explicitly, and these asserts tie both layouts to the ctypes mirror (itself tied to
+# the C header by tests/unit/test_abi_layout.py).
+_HDR_STRUCT = struct.Struct(f"=HHIQQIIIIQQ{abi.COMM_LEN}s")
+_EGRESS_BODY = struct.Struct("=16sHBBB3x")
+assert _HDR_STRUCT.size == ct.sizeof(abi.EventHdr)
+assert abi.EgressEvent.addr.offset == _HDR_STRUCT.size
+assert _HDR_STRUCT.size + _EGRESS_BODY.size == ct.sizeof(abi.EgressEvent)
+
+
+def _fast_header(buf: bytes) -> RawHeader:
+    (op, size, policy_id, ts_ns, cgroup_id, pid, tid, verdict, _pad, count_total, first_ns,
+     comm) = _HDR_STRUCT.unpack_from(buf)  # fmt: skip
+    end = comm.find(b"\0")
+    return RawHeader(
+        op=op,
+        size=size,
+        policy_id=policy_id,
+        ts_ns=ts_ns,
+        cgroup_id=cgroup_id,
+        pid=pid,
+        tid=tid,
+        verdict=verdict,
+        count_total=count_total,
+        first_ns=first_ns,
+        comm=(comm if end < 0 else comm[:end]).decode("utf-8", errors="replace"),
+    )
+
+
 def _egress(data: bytes) -> RawEgress | None:
-    e = abi.EgressEvent.from_buffer_copy(data)
-    if e.hook not in _HOOKS or e.family not in _FAMILIES:
+    addr, port, protocol, family, hook = _EGRESS_BODY.unpack_from(data, _HDR_STRUCT.size)
+    if hook not in _HOOKS or family not in _FAMILIES:
         return None
     return RawEgress(
-        hdr=_header(e.hdr),
-        addr=bytes(e.addr),
-        port=e.port,
-        protocol=e.protocol,
-        family=e.family,
-        hook=e.hook,
+        hdr=_fast_header(data),
+        addr=addr,
+        port=port,
+        protocol=protocol,
+        family=family,
+        hook=hook,
     )
 
 
@@ -202,6 +233,11 @@ _BODIES: dict[int, tuple[int, Callable[[bytes], AnyRecord | None]]] = {
 }
 
 
+_OP_SIZE = struct.Struct("=HH")
+_VERDICT_AT = struct.Struct("=I")
+_VERDICT_OFFSET = abi.EventHdr.verdict.offset
+
+
 def decode(
     data: bytes | bytearray | memoryview, stats: DecodeStats | None = None
 ) -> AnyRecord | None:
@@ -214,16 +250,17 @@ def decode(
     if len(buf) < _HDR_SIZE:
         stats.malformed += 1
         return None
-    hdr = abi.EventHdr.from_buffer_copy(buf)
-    body = _BODIES.get(hdr.op)
+    op, size = _OP_SIZE.unpack_from(buf)
+    body = _BODIES.get(op)
     if body is None:
         stats.unknown_op += 1
         return None
     need, parse = body
-    if hdr.size < need or hdr.size > len(buf) or hdr.verdict not in _VERDICTS:
+    verdict = _VERDICT_AT.unpack_from(buf, _VERDICT_OFFSET)[0]
+    if size < need or size > len(buf) or verdict not in _VERDICTS:
         stats.malformed += 1
         return None
-    record = parse(buf[: hdr.size])
+    record = parse(buf[:size])
     if record is None:
         stats.malformed += 1
         return None

@@ -6,6 +6,11 @@ lookup degrades to what the kernel record already says and never raises.
 exe and cmdline are cached for a short time by (pid, process start time), so a recycled
 pid never inherits another process's details. An exec changes both without changing the
 start time: exec records ask for a ``fresh`` read.
+
+Hot path: a process that violates in a loop (thousands of records per second) is looked
+up again and again. For ``recheck_s`` (default 0.25 s) after a pid's start time was last
+read, its cached details are returned without touching /proc at all; a pid would have to
+be recycled within that window (the whole pid space wrapping around) to be misattributed.
 """
 
 from __future__ import annotations
@@ -53,18 +58,29 @@ class ProcessEnricher:
         *,
         ttl_s: float = 2.0,
         max_entries: int = 1024,
+        recheck_s: float = 0.25,
         now: Callable[[], float] = time.monotonic,
     ) -> None:
         self._ttl_s = ttl_s
         self._max = max_entries
+        self._recheck_s = min(recheck_s, ttl_s)
         self._now = now
         self._cache: OrderedDict[_CacheKey, tuple[float, _ExeCmd]] = OrderedDict()
+        # pid -> (checked until, exe, cmd_line, ppid): the no-/proc fast path
+        self._recent: dict[int, tuple[float, str | None, str | None, int | None]] = {}
 
     def lookup(self, pid: int, tid: int, comm: str, *, fresh: bool = False) -> ProcessInfo:
         """Kernel facts (pid, tid, comm) always; exe, cmd_line, ppid when readable."""
         base = ProcessInfo(pid=pid, tid=tid, name=comm)
         if pid <= 0:
             return base
+        now = self._now()
+        if not fresh:
+            hit = self._recent.get(pid)
+            if hit is not None and hit[0] > now:
+                return ProcessInfo(
+                    pid=pid, tid=tid, name=comm, path=hit[1], cmd_line=hit[2], ppid=hit[3]
+                )
         try:
             proc = psutil.Process(pid)
             with proc.oneshot():
@@ -75,8 +91,12 @@ class ProcessEnricher:
                     exe_cmd = (_exe(proc), _cmd_line(proc))
                     self._put(key, exe_cmd)
         except _READ_ERRORS:
+            self._recent.pop(pid, None)
             return base
         exe, cmd_line = exe_cmd
+        if len(self._recent) >= self._max:
+            self._recent.clear()  # bounded; refilled by the next lookups
+        self._recent[pid] = (now + self._recheck_s, exe, cmd_line, ppid)
         return ProcessInfo(pid=pid, tid=tid, name=comm, path=exe, cmd_line=cmd_line, ppid=ppid)
 
     def _get(self, key: _CacheKey) -> _ExeCmd | None:
