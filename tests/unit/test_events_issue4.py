@@ -548,6 +548,7 @@ POD = WorkloadRef(
     container_id="containerd://abc123",
     container_name="agent",
     image="ghcr.io/acme/agent:1.2",
+    image_id="sha256:0123abcd",
 )
 PTRACE = SyscallDetail("ptrace", 101, "x86_64", "seccomp-kill")
 PACKET = SocketDetail("packet", 17, "raw", 3, 0, None, "cgroup-sock-create")
@@ -712,7 +713,7 @@ def test_socket_finding_with_a_pod() -> None:
     container = {
         "uid": "containerd://abc123",
         "name": "agent",
-        "image": {"name": "ghcr.io/acme/agent:1.2"},
+        "image": {"name": "ghcr.io/acme/agent:1.2", "uid": "sha256:0123abcd"},
         "orchestrator": "kubernetes",
         "pod_uuid": "0f3c8a4e",
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import OrderedDict
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ from nodeguard.events.model import (
     Violation,
     WorkloadRef,
 )
-from nodeguard.events.ocsf import OCSF_VERSION, message, prune, to_json_line, to_ocsf
+from nodeguard.events.ocsf import OCSF_VERSION, message, prune, severity, to_json_line, to_ocsf
 from tests.unit.test_build import UUID_RE
 from tests.unit.test_decode import egress
 
@@ -97,19 +98,40 @@ def test_egress_blocked_outcome() -> None:
     assert (e["disposition_id"], e["disposition"]) == (2, "Blocked")
     assert (e["severity_id"], e["severity"]) == (4, "High")
     assert (e["status_id"], e["status"]) == (2, "Failure")
+    assert (e["status_code"], e["status_detail"]) == ("EPERM", "connect() failed with EPERM")
     assert e["is_alert"] is True
+    assert e["policy"]["is_applied"] is True
 
 
-def test_egress_audited() -> None:
+def test_egress_audited_connect_is_open() -> None:
+    # The connect went ahead (Open); whether it connected is not seen (status Unknown).
     e = to_ocsf(violation(verdict="audited", policy=dataclasses.replace(POLICY, mode="audit")))
-    assert (e["activity_id"], e["activity_name"]) == (6, "Traffic")
-    assert e["type_uid"] == 400106
-    assert e["type_name"] == "Network Activity: Traffic"
+    assert (e["activity_id"], e["activity_name"]) == (1, "Open")
+    assert e["type_uid"] == 400101
+    assert e["type_name"] == "Network Activity: Open"
     assert (e["action_id"], e["action"]) == (1, "Allowed")
     assert (e["disposition_id"], e["disposition"]) == (17, "Logged")
     assert (e["severity_id"], e["severity"]) == (3, "Medium")
-    assert (e["status_id"], e["status"]) == (1, "Success")
+    assert (e["status_id"], e["status"]) == (0, "Unknown")
+    assert "status_code" not in e and "status_detail" not in e
+    assert e["policy"]["is_applied"] is False
     assert e["unmapped"]["policy_mode"] == "audit"
+
+
+@pytest.mark.parametrize("hook", ["sendmsg4", "sendmsg6"])
+def test_egress_audited_udp_send_is_traffic(hook: str) -> None:
+    detail = EgressDetail(ip="10.0.0.9", port=53, protocol="udp", family=4, hook=hook)  # type: ignore[arg-type]
+    e = to_ocsf(violation(egress=detail, verdict="audited"))
+    assert (e["activity_id"], e["activity_name"], e["type_uid"]) == (6, "Traffic", 400106)
+    assert e["type_name"] == "Network Activity: Traffic"
+    assert (e["status_id"], e["disposition_id"]) == (0, 17)
+
+
+def test_egress_blocked_udp_send_is_refused() -> None:
+    detail = EgressDetail(ip="10.0.0.9", port=53, protocol="udp", family=4, hook="sendmsg4")
+    e = to_ocsf(violation(egress=detail))
+    assert (e["activity_id"], e["type_uid"]) == (5, 400105)
+    assert e["status_detail"] == "sendmsg() failed with EPERM"
 
 
 def test_egress_endpoint_and_connection() -> None:
@@ -167,9 +189,13 @@ def test_exec_blocked() -> None:
         "pid": 4242,
         "tid": 4243,
         "name": "nc",
+        "cmd_line": "nc -l",  # read from /proc after the exec: the new image's
         "file": {"path": "/usr/bin/nc", "name": "nc", "type_id": 1, "type": "Regular File"},
         "parent_process": {"pid": 4000},
     }
+    assert (e["status_id"], e["status"]) == (2, "Failure")
+    assert e["status_code"] == "SIGKILL"
+    assert e["status_detail"] == "killed with SIGKILL before the new image ran an instruction"
     assert "dst_endpoint" not in e
     assert "connection_info" not in e
     assert e["unmapped"]["path_truncated"] is False
@@ -179,6 +205,9 @@ def test_exec_audited() -> None:
     e = to_ocsf(exec_violation(verdict="audited"))
     assert (e["activity_id"], e["type_uid"]) == (1, 100701)
     assert (e["action_id"], e["disposition_id"], e["severity_id"], e["status_id"]) == (1, 17, 3, 1)
+    assert e["status"] == "Success"  # the exec tracepoint fires once the new image is in place
+    assert "status_code" not in e and "status_detail" not in e
+    assert e["policy"]["is_applied"] is False
 
 
 @pytest.mark.parametrize("verdict", ["blocked", "audited"])
@@ -207,12 +236,21 @@ def test_time_and_count_aggregate() -> None:
 
 def test_policy() -> None:
     e = to_ocsf(violation())
-    assert e["policy"] == {"name": "research-agent", "uid": "research-agent@v1", "version": "3f2a"}
+    assert e["policy"] == {
+        "name": "research-agent",
+        "uid": "research-agent@v1",
+        "version": "3f2a",
+        "is_applied": True,
+    }
 
 
 def test_unknown_policy_version_left_out() -> None:
     unknown = PolicyRef(name="unknown", uid="unknown:9", version="", mode="enforce")
-    assert to_ocsf(violation(policy=unknown))["policy"] == {"name": "unknown", "uid": "unknown:9"}
+    assert to_ocsf(violation(policy=unknown))["policy"] == {
+        "name": "unknown",
+        "uid": "unknown:9",
+        "is_applied": True,
+    }
 
 
 def test_actor_process() -> None:
@@ -245,7 +283,9 @@ def test_metadata() -> None:
         "uid": "01890a5d-ac96-774b-bcce-b302099a8057",
         "sequence": 12,
         "version": OCSF_VERSION,
+        "event_code": "egress",
         "log_name": "violations",
+        "log_provider": "nodeguard",
         "profiles": ["host", "security_control"],
         "product": {"name": "nodeguard", "vendor_name": "nodeguard", "version": "1.2.3"},
     }
@@ -292,7 +332,12 @@ def test_workload_container_and_pod() -> None:
         "pod_labels": {"app": "research-agent"},
     }
     assert "container" in e["metadata"]["profiles"]
+    assert e["src_endpoint"] == {
+        "name": "research-0",
+        "uid": "0f3c8a4e-7f43-4a55-a0a2-1b9b1d5a8a11",
+    }
     x = to_ocsf(exec_violation(workload=POD))
+    assert "src_endpoint" not in x  # Network Activity only
     assert x["process"]["container"] == container
     assert x["actor"]["process"]["container"] == container
 
@@ -306,9 +351,21 @@ def test_workload_without_container_ids() -> None:
 
 
 def test_container_outside_kubernetes() -> None:
+    local = WorkloadRef(container_id="abc", image="busybox", image_id="sha256:beef")
+    e = to_ocsf(violation(workload=local))
+    container = {"uid": "abc", "image": {"name": "busybox", "uid": "sha256:beef"}}
+    assert e["actor"]["process"]["container"] == container
+    assert "src_endpoint" not in e  # no pod: the source is not known
+    assert "k8s" not in e["unmapped"]  # no pod facts
+
+
+def test_image_without_id_is_not_an_ocsf_image() -> None:
+    # OCSF 1.4.0 image.json: uid is required; the bare reference goes to unmapped
     local = WorkloadRef(container_id="abc", image="busybox")
     e = to_ocsf(violation(workload=local))
-    assert e["actor"]["process"]["container"] == {"uid": "abc", "image": {"name": "busybox"}}
+    assert e["actor"]["process"]["container"] == {"uid": "abc"}
+    assert e["unmapped"]["container_image"] == "busybox"
+    assert "container_image" not in to_ocsf(violation(workload=POD))["unmapped"]
 
 
 def test_no_nulls_anywhere() -> None:
@@ -324,11 +381,81 @@ def test_no_nulls_anywhere() -> None:
         walk(to_ocsf(v))
 
 
+def test_timezone_offset_is_utc() -> None:
+    # `time` is epoch milliseconds: the reported time is 0 minutes off UTC
+    assert to_ocsf(violation())["timezone_offset"] == 0
+    assert to_ocsf(exec_violation())["timezone_offset"] == 0
+
+
+def test_observables_egress() -> None:
+    e = to_ocsf(violation())
+    assert e["observables"] == [
+        {"name": "device.hostname", "type_id": 1, "type": "Hostname", "value": "node-a"},
+        {"name": "actor.process.name", "type_id": 9, "type": "Process Name", "value": "curl"},
+        {"name": "dst_endpoint.ip", "type_id": 2, "type": "IP Address", "value": "10.20.1.5"},
+        {"name": "dst_endpoint.port", "type_id": 11, "type": "Port", "value": "443"},
+    ]
+
+
+def test_observables_exec() -> None:
+    e = to_ocsf(exec_violation(node=None))
+    assert e["observables"] == [
+        {"name": "actor.process.name", "type_id": 9, "type": "Process Name", "value": "nc"},
+        {"name": "process.name", "type_id": 9, "type": "Process Name", "value": "nc"},
+        {"name": "process.file.name", "type_id": 7, "type": "File Name", "value": "nc"},
+    ]
+
+
+def test_observables_point_at_values_in_the_event() -> None:
+    for v in (violation(workload=POD), exec_violation()):
+        e = to_ocsf(v)
+        for o in e["observables"]:
+            value: Any = e
+            for part in o["name"].split("."):
+                value = value[part]
+            assert str(value) == o["value"]
+
+
+def test_observables_left_out_when_nothing_is_known() -> None:
+    detail = EgressDetail(ip="10.0.0.1", port=0, protocol="ip-proto-1", family=4, hook="connect4")
+    e = to_ocsf(violation(egress=detail, node=None, process=ProcessInfo(pid=1, tid=1, name="")))
+    assert e["observables"] == [
+        {"name": "dst_endpoint.ip", "type_id": 2, "type": "IP Address", "value": "10.0.0.1"}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("path", "name", "ext"),
+    [
+        ("/usr/bin/python3", "python3", None),
+        ("/opt/agent/bin/run.sh", "run.sh", "sh"),
+        ("/home/a/.profile", ".profile", None),
+        ("/tmp/x.tar.gz", "x.tar.gz", "gz"),
+    ],
+)
+def test_file_name_and_ext(path: str, name: str, ext: str | None) -> None:
+    f = to_ocsf(exec_violation(exec=ExecDetail(path=path, truncated=False)))["process"]["file"]
+    assert (f["path"], f["name"], f.get("ext")) == (path, name, ext)
+
+
+@pytest.mark.parametrize("verdict", ["blocked", "audited"])
+def test_severity_is_the_events(verdict: str) -> None:
+    for v in (violation(verdict=verdict), exec_violation(verdict=verdict)):
+        e = to_ocsf(v)
+        assert severity(v) == (e["severity_id"], e["severity"])
+
+
 def test_prune() -> None:
     assert prune({"a": None, "b": "", "c": {}, "d": {"e": None}, "f": 0, "g": [1]}) == {
         "f": 0,
         "g": [1],
     }
+    assert prune({"a": False, "b": [{"c": None, "d": 1}], "e": 0.5}) == {
+        "a": False,
+        "b": [{"d": 1}],
+        "e": 0.5,
+    }
+    assert prune(OrderedDict(a=OrderedDict(b=None), c="x")) == {"c": "x"}
 
 
 # --------------------------------------------------------------- message ---
