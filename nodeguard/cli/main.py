@@ -18,8 +18,10 @@ from nodeguard.errors import NodeguardError
 def build_parser() -> argparse.ArgumentParser:
     from nodeguard.cli import (  # noqa: PLC0415 - keep start-up light
         agent,
+        collector,
         demo,
         doctor,
+        events,
         hook,
         policy,
         run,
@@ -42,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent.register(sub)
     status.register(sub)
     hook.register(sub)
+    collector.register(sub)
+    events.register(sub)
     return parser
 
 
