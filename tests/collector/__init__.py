@@ -1,0 +1,1 @@
+"""Collector tests: real gRPC, TLS, SQLite, rsyslog and nats-server, started by the tests."""
