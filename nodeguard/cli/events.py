@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import re
 import shutil
 import signal
 import sys
@@ -25,6 +24,8 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
+from nodeguard.collector.records import DEFAULT_STORE_PATH
+from nodeguard.durations import duration_seconds
 from nodeguard.errors import NodeguardError
 
 if TYPE_CHECKING:
@@ -35,15 +36,12 @@ if TYPE_CHECKING:
     from nodeguard.collector.store import EventStore
     from nodeguard.events.model import Violation
 
-DEFAULT_STORE_PATH = Path("/var/lib/nodeguard-collector/events.db")
 DEFAULT_LIMIT = 100
 FOLLOW_INTERVAL_S = 0.5
 FOLLOW_BATCH = 1000
 TEXT_WIDTH = 100
 KINDS = ("egress", "exec", "syscall", "socket", "limit")
 
-_DURATION_RE = re.compile(r"(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
-_DURATION_UNITS = (7 * 86400, 86400, 3600, 60, 1)
 _TIME_USAGE = (
     "write a duration back from now (30s, 15m, 2h, 7d, 1h30m) or an ISO 8601 time "
     "(2024-05-01T10:00:00Z; without a zone it is local time)"
@@ -132,9 +130,8 @@ def parse_time(text: str, *, now: datetime | None = None) -> int:
     """``--since``/``--until``: a duration back from ``now`` (``30s``, ``15m``, ``2h``,
     ``7d``, ``1h30m``) or an ISO 8601 time (local time without a zone) -> unix ms."""
     value = text.strip()
-    match = _DURATION_RE.fullmatch(value)
-    if value and match is not None:
-        seconds = sum(int(g) * u for g, u in zip(match.groups(), _DURATION_UNITS, strict=True) if g)
+    seconds = duration_seconds(value)
+    if seconds is not None:
         reference = now or datetime.now(UTC)
         return int(reference.timestamp() * 1000) - seconds * 1000
     try:

@@ -28,8 +28,9 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from nodeguard.agent.config import HostPort, parse_host_port
-from nodeguard.collector.records import Retention
+from nodeguard.collector.records import DEFAULT_STORE_PATH, Retention
 from nodeguard.collector.sinks.config import SinkConfig
+from nodeguard.durations import DURATION_UNITS, duration_seconds
 from nodeguard.errors import NodeguardError, PolicyProblem
 from nodeguard.policy.loader import DOCUMENT_PATH, FILE_PATH, _Builder, _compose, _data_path
 from nodeguard.policy.model import (
@@ -47,7 +48,6 @@ KIND = "CollectorConfig"
 
 DEFAULT_LISTEN = HostPort("0.0.0.0", 7443)  # noqa: S104 - a network service
 DEFAULT_METRICS = HostPort("127.0.0.1", 9465)
-DEFAULT_STORE_PATH = Path("/var/lib/nodeguard-collector/events.db")
 DEFAULT_MAX_AGE_S = 7 * 86400.0
 DEFAULT_MAX_EVENTS = 10_000_000
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -59,8 +59,6 @@ MAX_MESSAGE_BYTES_LIMIT = 2**31 - 1
 MIN_MESSAGE_BYTES = 1024
 
 _CLUSTER_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_DURATION_RE = re.compile(r"(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
-_DURATION_UNITS = (7 * 86400, 86400, 3600, 60, 1)
 
 
 class CollectorConfigError(NodeguardError):
@@ -111,13 +109,9 @@ def parse_duration(value: Any) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, str):
         raise problem(f"expected a duration, got {describe(value)}; {usage}")
-    text = value.strip()
-    match = _DURATION_RE.fullmatch(text)
-    if not text or match is None:
+    seconds = duration_seconds(value)
+    if seconds is None:
         raise problem(f"{value!r} is not a duration; {usage}")
-    seconds = sum(
-        int(g) * unit for g, unit in zip(match.groups(), _DURATION_UNITS, strict=True) if g
-    )
     if seconds <= 0:
         raise problem(f"{value!r} is zero; {usage}")
     return float(seconds)
@@ -128,7 +122,7 @@ def format_duration(seconds: float | None) -> str | None:
         return None
     whole = int(seconds)
     out = ""
-    for unit, suffix in zip(_DURATION_UNITS[1:], "dhms", strict=True):
+    for unit, suffix in zip(DURATION_UNITS[1:], "dhms", strict=True):
         count, whole = divmod(whole, unit)
         if count:
             out += f"{count}{suffix}"

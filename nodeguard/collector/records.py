@@ -4,8 +4,11 @@ sinks and ``nodeguard events``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from nodeguard.events.model import Kind, Violation
+
+DEFAULT_STORE_PATH = Path("/var/lib/nodeguard-collector/events.db")
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,17 +47,6 @@ from nodeguard.collector.records import (
 )
 from nodeguard.errors import NodeguardError
 from nodeguard.events import ocsf
-from nodeguard.events.model import (
-    EgressDetail,
-    ExecDetail,
-    Kind,
-    LimitDetail,
-    PolicyRef,
-    ProcessInfo,
-    SocketDetail,
-    SyscallDetail,
-    Violation,
-)
 from nodeguard.events.wire import KIND_FROM_PB, VERDICT_FROM_PB, WireFormatError, from_proto
 from nodeguard.proto.nodeguard.v1 import events_pb2 as pb
 
@@ -211,36 +200,7 @@ class StoreStats:
     rejected_total: int
 
 
-def _class_uid_by_kind() -> dict[int, int]:
-    """OCSF class_uid per protobuf kind, as the OCSF projection classifies them (one
-    sample violation per kind through :func:`ocsf.classify`)."""
-    base = Violation(
-        uid="sample",
-        sequence=0,
-        kind="egress",
-        time_ms=0,
-        first_time_ms=0,
-        count=1,
-        verdict="blocked",
-        cgroup_id=0,
-        process=ProcessInfo(pid=0, tid=0, name=""),
-        policy=PolicyRef(name="sample", uid="", version="", mode="enforce"),
-    )
-    details: dict[Kind, dict[str, Any]] = {
-        "egress": {"egress": EgressDetail("0.0.0.0", 0, "tcp", 4, "connect4")},  # noqa: S104
-        "exec": {"exec": ExecDetail("/", truncated=False)},
-        "syscall": {"syscall": SyscallDetail("sample", 0, "x86_64", "tracepoint")},
-        "socket": {"socket": SocketDetail("packet", 17, "raw", 3, 0, None, "tracepoint")},
-        "limit": {"limit": LimitDetail("maxProcesses", None, None, None)},
-    }
-    out: dict[int, int] = {}
-    for pb_kind, kind in KIND_FROM_PB.items():
-        sample = dataclasses.replace(base, kind=kind, **details[kind])
-        out[pb_kind] = ocsf.classify(sample)[0].uid
-    return out
-
-
-_CLASS_UID = _class_uid_by_kind()
+_CLASS_UID = {pb_kind: ocsf.CLASS_OF_KIND[kind].uid for pb_kind, kind in KIND_FROM_PB.items()}
 _MODES = frozenset(("enforce", "audit"))
 
 

@@ -35,6 +35,7 @@ from nodeguard.events.build import protocol_number
 from nodeguard.events.model import (
     EgressDetail,
     ExecDetail,
+    Kind,
     LimitDetail,
     ProcessInfo,
     SocketDetail,
@@ -284,6 +285,16 @@ def observables(v: Violation) -> list[dict[str, Any]] | None:
 
 
 # ------------------------------------------------------------------- classes ---
+
+
+CLASS_OF_KIND: dict[Kind, EventClass] = {
+    "egress": NETWORK_ACTIVITY,
+    "exec": PROCESS_ACTIVITY,
+    "syscall": DETECTION_FINDING,
+    "socket": DETECTION_FINDING,
+    "limit": DETECTION_FINDING,
+}
+"""The OCSF class each kind of violation is projected onto (what :func:`classify` picks)."""
 
 
 def classify(v: Violation) -> tuple[EventClass, int, str]:
