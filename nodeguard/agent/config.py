@@ -18,9 +18,16 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, PlainSerializer, PlainValidator, ValidationError, field_validator
+from pydantic import (
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 
 from nodeguard.errors import NodeguardError, PolicyProblem
@@ -54,6 +61,14 @@ DEFAULT_RESYNC_INTERVAL_MS = 500
 DEFAULT_HOOK_TIMEOUT_MS = 2000
 DEFAULT_SECCOMP_PROFILE_DIR = Path("/var/lib/kubelet/seccomp/nodeguard")
 DEFAULT_SECCOMP_LISTENER = Path("/run/nodeguard/seccomp.sock")
+DEFAULT_SPOOL_MAX_BYTES = 256 << 20
+DEFAULT_BATCH_RECORDS = 2000
+DEFAULT_WINDOW = 4
+DEFAULT_TELEMETRY_INTERVAL_S = 10.0
+MIN_SPOOL_BYTES = 1 << 20
+MAX_SPOOL_BYTES = 1 << 40
+MAX_BATCH_RECORDS = 10_000  # the collector's default limits.maxRecordsPerBatch
+MAX_WINDOW = 64
 
 # Where "every namespace" is written in failClosedNamespaces.
 ALL_NAMESPACES = "*"
@@ -275,7 +290,107 @@ def _ms_range(lo: int, hi: int) -> PlainValidator:
     return PlainValidator(parse)
 
 
+def _parse_file(value: Any) -> Path:
+    return _parse_path_text(value, "a file")
+
+
+_SIZE_UNITS = {
+    "": 1,
+    "k": 1000,
+    "m": 1000**2,
+    "g": 1000**3,
+    "t": 1000**4,
+    "ki": 1 << 10,
+    "mi": 1 << 20,
+    "gi": 1 << 30,
+    "ti": 1 << 40,
+}
+_SIZE_RE = re.compile(r"([0-9]+)\s*([kmgt]i?)?b?", re.IGNORECASE)
+
+
+def parse_size(value: Any) -> int:
+    """``268435456``, ``"256Mi"``, ``"256MiB"``, ``"1Gi"``, ``"500M"`` -> bytes."""
+    usage = "write a number of bytes or a size such as 256Mi, 1Gi or 500M"
+    if isinstance(value, bool):
+        raise problem(f"expected a size, got {describe(value)}; {usage}")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str):
+        match = _SIZE_RE.fullmatch(value.strip())
+        if match is None:
+            raise problem(f"{value!r} is not a size; {usage}")
+        number = int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").lower()]
+    else:
+        raise problem(f"expected a size, got {describe(value)}; {usage}")
+    if not MIN_SPOOL_BYTES <= number <= MAX_SPOOL_BYTES:
+        raise problem(f"{value!r} is out of range: use 1Mi to 1Ti")
+    return number
+
+
+_DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _seconds_range(lo: float, hi: float) -> PlainValidator:
+    usage = "write a duration such as 10s, 500ms, 2m or 1h (a bare number means seconds)"
+
+    def parse(value: Any) -> float:
+        if isinstance(value, bool):
+            raise problem(f"expected a duration, got {describe(value)}; {usage}")
+        if isinstance(value, int | float):
+            seconds = float(value)
+        elif isinstance(value, str):
+            match = _DURATION_RE.fullmatch(value.strip())
+            if match is None:
+                raise problem(f"{value!r} is not a duration; {usage}")
+            seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        else:
+            raise problem(f"expected a duration, got {describe(value)}; {usage}")
+        if not lo <= seconds <= hi:
+            raise problem(f"{value!r} is out of range: use {lo:g}s to {hi:g}s")
+        return seconds
+
+    return PlainValidator(parse)
+
+
+def _count_range(lo: int, hi: int, what: str) -> PlainValidator:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise problem(f"expected a whole number of {what} ({lo}-{hi}), got {describe(value)}")
+        if not lo <= value <= hi:
+            raise problem(f"{value} is out of range: use {lo}-{hi} {what}")
+        return value
+
+    return PlainValidator(parse)
+
+
+def _parse_optional_count(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise problem(f"expected a whole number of records or null, got {describe(value)}")
+    if value < 1:
+        raise problem(f"{value} is out of range: use at least 1 record (null: no limit)")
+    return value
+
+
+def _parse_server_name(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise problem(f"expected a host name, got {describe(value)}")
+    if _DOTTED_NUMBERS_RE.fullmatch(value):
+        return _check_host(value, value)
+    try:
+        return str(ipaddress.IPv6Address(value))
+    except ValueError:
+        return _check_host(value, value)
+
+
 AbsDir = Annotated[Path, PlainValidator(_parse_dir), PlainSerializer(str)]
+AbsFile = Annotated[Path, PlainValidator(_parse_file), PlainSerializer(str)]
+Size = Annotated[int, PlainValidator(parse_size)]
+OptionalCount = Annotated[int | None, PlainValidator(_parse_optional_count)]
+ServerName = Annotated[str, PlainValidator(_parse_server_name)]
+TelemetryInterval = Annotated[float, _seconds_range(1.0, 3600.0)]
 SocketPath = Annotated[Path, PlainValidator(_parse_socket_path), PlainSerializer(str)]
 CriEndpoint = Annotated[str, PlainValidator(parse_cri_endpoint)]
 NodeName = Annotated[str, PlainValidator(_parse_node_name)]
@@ -285,6 +400,33 @@ HookTimeoutMs = Annotated[int, _ms_range(100, 60_000)]
 
 
 # -------------------------------------------------------------------------- model --
+
+
+class CollectorTLS(StrictModel):
+    """Mutual TLS towards the collector: the CA of its server certificate, this node's
+    certificate (it names the node: ``nodeguard collector certs --node NAME``) and key."""
+
+    ca: AbsFile
+    cert: AbsFile
+    key: AbsFile
+    server_name: ServerName | None = Field(default=None, alias="serverName")
+
+
+class SpoolConfig(StrictModel):
+    """The on-disk spool (``stateDir/spool.db``) and the publishing window."""
+
+    max_bytes: Size = Field(default=DEFAULT_SPOOL_MAX_BYTES, alias="maxBytes")
+    max_records: OptionalCount = Field(default=None, alias="maxRecords")
+    batch_records: Annotated[int, _count_range(1, MAX_BATCH_RECORDS, "records")] = Field(
+        default=DEFAULT_BATCH_RECORDS, alias="batchRecords"
+    )
+    window: Annotated[int, _count_range(1, MAX_WINDOW, "batches")] = DEFAULT_WINDOW
+
+
+class EventLogConfig(StrictModel):
+    """The local OCSF JSON-lines log under ``stateDir/events``."""
+
+    enabled: bool = True
 
 
 class AgentConfig(StrictModel):
@@ -305,6 +447,12 @@ class AgentConfig(StrictModel):
         alias="metricsAddress",
     )
     collector_address: OptionalHostPort = Field(default=None, alias="collectorAddress")
+    collector_tls: CollectorTLS | None = Field(default=None, alias="collectorTLS")
+    spool: SpoolConfig = Field(default_factory=SpoolConfig)
+    event_log: EventLogConfig = Field(default_factory=EventLogConfig, alias="eventLog")
+    telemetry_interval: TelemetryInterval = Field(
+        default=DEFAULT_TELEMETRY_INTERVAL_S, alias="telemetryInterval"
+    )
     cgroup_driver: Literal["auto", "cgroupfs", "systemd"] = Field(
         default="auto", alias="cgroupDriver"
     )
@@ -342,6 +490,18 @@ class AgentConfig(StrictModel):
             raise problem(f"namespace {duplicates[0]!r} is listed twice; list each once")
         return names
 
+    @model_validator(mode="after")
+    def _collector_needs_tls(self) -> Self:
+        if self.collector_address is not None and self.collector_tls is None:
+            raise problem(
+                "collectorAddress is set but collectorTLS is not: the collector only takes "
+                "mutual TLS; add 'collectorTLS: {ca: FILE, cert: FILE, key: FILE}' (this "
+                "node's certificate, e.g. from `nodeguard collector certs`), or remove "
+                "collectorAddress",
+                at="collectorTLS",
+            )
+        return self
+
     @property
     def cri_socket_path(self) -> Path:
         """The CRI socket as a file system path (``criSocket`` without ``unix://``)."""
@@ -363,7 +523,16 @@ class AgentConfig(StrictModel):
 # ------------------------------------------------------------------------ errors --
 
 
-_FIELD_ALIASES = [f.alias or name for name, f in AgentConfig.model_fields.items()]
+def _aliases(model: type[StrictModel]) -> list[str]:
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+_FIELD_ALIASES = _aliases(AgentConfig)
+_SECTIONS: dict[str, type[StrictModel]] = {
+    "collectorTLS": CollectorTLS,
+    "spool": SpoolConfig,
+    "eventLog": EventLogConfig,
+}
 
 
 def _camel(key: str) -> str:
@@ -371,15 +540,17 @@ def _camel(key: str) -> str:
     return head + "".join(part[:1].upper() + part[1:] for part in rest)
 
 
-def _unknown_key_message(key: str) -> str:
+def _unknown_key_message(path: FieldPath) -> str:
+    key = str(path[-1]) if path else "?"
+    section = _SECTIONS.get(str(path[0])) if len(path) == 2 else None
+    aliases = _aliases(section) if section is not None else _FIELD_ALIASES
     message = f"unknown key {key!r}"
     camel = _camel(key)
-    close = (
-        [camel] if camel in _FIELD_ALIASES else difflib.get_close_matches(key, _FIELD_ALIASES, n=1)
-    )
+    close = [camel] if camel in aliases else difflib.get_close_matches(key, aliases, n=1)
     if close:
         message += f" (did you mean {close[0]!r}?)"
-    return message + f"; allowed keys: {', '.join(_FIELD_ALIASES)}"
+    where = f" in {path[0]}" if section is not None else ""
+    return message + f"; allowed keys{where}: {', '.join(aliases)}"
 
 
 def _literal_message(error: ErrorDetails, path: FieldPath) -> str:
@@ -403,7 +574,10 @@ def _message(error: ErrorDetails, path: FieldPath) -> str:
     if kind == ERROR_TYPE:
         return str((error.get("ctx") or {})["message"])
     if kind == "extra_forbidden":
-        return _unknown_key_message(str(path[-1]) if path else "?")
+        return _unknown_key_message(path)
+    if kind == "missing":
+        where = f" in {render_path(path[:-1])}" if len(path) > 1 else ""
+        return f"missing key {str(path[-1])!r}{where}; it is required"
     if kind == "literal_error":
         return _literal_message(error, path)
     if kind in _TYPE_NAMES:
@@ -420,6 +594,9 @@ _TYPE_NAMES = {
     "list_type": "a list",
     "dict_type": "a mapping",
     "int_type": "a number",
+    "bool_type": "true or false",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
 }
 
 
@@ -451,6 +628,9 @@ def _validate(
         problems: list[PolicyProblem] = []
         for error in err.errors():
             path = _data_path(error, data) or _default_path(error)
+            at = (error.get("ctx") or {}).get("at") if error["type"] == ERROR_TYPE else None
+            if at:
+                path = (*path, *str(at).split("."))
             key_line = key_lines.get(path) if error["type"] == "extra_forbidden" else None
             rendered = render_path(path) or DOCUMENT_PATH
             problems.append(

@@ -9,8 +9,16 @@ Main loop (one thread owns the ring buffer): violation records -> events; a poli
 directory change (inotify thread) -> new versions loaded and pods re-pointed; every
 ``resyncIntervalMs`` -> CRI listed and pods reconciled; aggregates flushed each second.
 
-Stop (SIGTERM/SIGINT): servers stopped, events flushed, the tracker checkpointed; the
-kernel keeps enforcing (pinned) until the next agent adopts it.
+Violations stream to the central collector when ``collectorAddress`` is set: each one
+becomes a ``nodeguard.v1.Record`` in memory, appended to the on-disk spool
+(``stateDir/spool.db``) once per loop round, and a publisher thread sends the spool over
+mutual TLS (:mod:`nodeguard.delivery`). Losses the agent knows of (kernel ring buffer
+full, records it could not decode or spool) go in-band as ``Loss`` records, and a
+``Telemetry`` heartbeat with the agent's counters every ``telemetryInterval``.
+
+Stop (SIGTERM/SIGINT): servers stopped, events flushed, the tracker checkpointed, the
+spool given a moment to drain (what is left is sent by the next agent); the kernel keeps
+enforcing (pinned) until the next agent adopts it.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ from nodeguard.agent.status import (
     AgentHealth,
     AgentState,
     CollectorLink,
+    CollectorState,
     Counters,
     KernelInfo,
     PodStatus,
@@ -63,6 +72,9 @@ from nodeguard.bpf.guard import (
     stale_pin_sets,
 )
 from nodeguard.bpf.probe import run_probes
+from nodeguard.delivery.producer import Producer
+from nodeguard.delivery.publisher import Publisher, PublisherStats, PublisherTLS, certificate_node
+from nodeguard.delivery.spool import Spool
 from nodeguard.errors import NodeguardError
 from nodeguard.events.aggregate import CountTracker
 from nodeguard.events.build import ViolationBuilder
@@ -74,6 +86,7 @@ from nodeguard.identity.cgroupfs import cgroup_id, own_cgroup_path
 from nodeguard.identity.cri import CRIClient, CRIError
 from nodeguard.policy.compiled import CompiledSockets
 from nodeguard.policy.syscalls import host_arch
+from nodeguard.proto.nodeguard.v1 import events_pb2 as pb
 from nodeguard.runner.preflight import preflight
 from nodeguard.seccomp.notify import Listener, NotifyServer
 from nodeguard.seccomp.profile import METADATA_PREFIX, write_profiles
@@ -85,6 +98,7 @@ FLUSH_INTERVAL_S = 1.0
 FAST_WINDOW_S = 1.0
 FAST_RESYNC_S = 0.05
 LIVENESS_STALL_S = 30.0
+SHUTDOWN_DRAIN_S = 2.0  # at stop, how long the spool may take to reach the collector
 
 
 class Agent:
@@ -112,6 +126,12 @@ class Agent:
         self._profiles: dict[str, Path] = {}
         self._profile_error: str | None = None
         self._untraceable: list[str] = []
+        self.producer: Producer | None = None
+        self._emit_lock = threading.Lock()
+        # violation metrics are added up here and handed to prometheus once per round
+        self._violation_counts: Counter[tuple[str, str, str, str]] = Counter()
+        self._event_log_on = config.event_log.enabled
+        self._next_telemetry = 0.0
 
     # ------------------------------------------------------------- start-up ---
     def start(self) -> None:
@@ -132,7 +152,8 @@ class Agent:
             enrich=True,
             workload_of=self._workload_of,
         )
-        self.events = EventLog(cfg.state_dir / "events")
+        self.events = EventLog(cfg.state_dir / "events", enabled=cfg.event_log.enabled)
+        self._start_delivery()
         self._checkpoint_path = cfg.state_dir / "reported.json"
         seeded = checkpoint.load(self._checkpoint_path, self.builder.tracker)
         if seeded:
@@ -176,6 +197,52 @@ class Agent:
         threading.Thread(target=self._watch_policies, name="policy-watch", daemon=True).start()
         threading.Thread(target=self._watch_cgroups, name="cgroup-watch", daemon=True).start()
 
+    def _start_delivery(self) -> None:
+        """The spool and the publisher, when a collector is configured."""
+        cfg = self.config
+        if cfg.collector_address is None or cfg.collector_tls is None:
+            return
+        t = cfg.collector_tls
+        tls = PublisherTLS(t.ca, t.cert, t.key, t.server_name)
+        cert_node = certificate_node(t.cert)
+        if cert_node != cfg.node_name:
+            _log.error(
+                "collector_certificate_node_mismatch",
+                node=cfg.node_name,
+                certificate_node=cert_node,
+                cert=str(t.cert),
+                effect="the collector refuses this agent's records; they wait in the spool",
+                fix="use this node's certificate, or set nodeName to the certificate's node",
+            )
+        spool = Spool(
+            cfg.state_dir / "spool.db",
+            max_bytes=cfg.spool.max_bytes,
+            max_records=cfg.spool.max_records,
+            chunk_records=cfg.spool.batch_records,
+        )
+        publisher = Publisher(
+            spool,
+            str(cfg.collector_address),
+            node=cfg.node_name,
+            tls=tls,
+            producer="agent",
+            window=cfg.spool.window,
+            batch_records=cfg.spool.batch_records,
+        )
+        try:
+            publisher.start()
+        except NodeguardError:
+            spool.close()
+            raise
+        self.producer = Producer(spool, publisher)
+        _log.info(
+            "collector_link_started",
+            address=str(cfg.collector_address),
+            epoch=spool.epoch,
+            spool=str(spool.path),
+            spooled=spool.records,
+        )
+
     # ----------------------------------------------------------------- loop ---
     def run(self) -> int:
         self._install_signals()
@@ -187,6 +254,7 @@ class Agent:
             while not self._stop.is_set():
                 self.guard.poll(POLL_MS)
                 self._pump_notify()
+                self._end_round()
                 now = time.monotonic()
                 self._heartbeat = now
                 if self._policy_changed.is_set():
@@ -239,6 +307,14 @@ class Agent:
             if getattr(self, "guard", None) is not None:
                 self._flush()  # drains the ring buffer first
                 self.guard.close()  # pinned: enforcement continues without us
+            if self.producer is not None:
+                drained = self.producer.close(drain_s=SHUTDOWN_DRAIN_S)
+                if not drained:
+                    _log.info(
+                        "spool_kept",
+                        records=self.producer.spool.records,
+                        why="not acknowledged yet: the next agent sends them",
+                    )
             # Containers whose listener fd we held get ENOSYS for denied socket kinds
             # from now on: still refused, no longer reported.
             self.notify.stop()
@@ -539,18 +615,68 @@ class Agent:
             self._emit(violation)
 
     def _emit(self, v: Violation) -> None:
-        self.records += 1
-        self.by_kind[v.kind] += v.count
-        if v.workload is not None and v.workload.pod_uid:
-            self.pod_violations[v.workload.pod_uid] += v.count
-        self.metrics.violation(
-            v.kind,
-            v.verdict,
-            v.policy.name,
-            (v.workload.namespace if v.workload else None) or "",
-            v.count,
-        )
-        self.events.write(to_json_line(v))
+        w = v.workload
+        with self._emit_lock:
+            self.records += 1
+            self.by_kind[v.kind] += v.count
+            if w is not None and w.pod_uid:
+                self.pod_violations[w.pod_uid] += v.count
+            key = (v.kind, v.verdict, v.policy.name, (w.namespace if w else None) or "")
+            self._violation_counts[key] += v.count
+        if self._event_log_on:
+            self.events.write(to_json_line(v))
+        if self.producer is not None:
+            self.producer.add_violation(v)
+
+    def _end_round(self) -> None:
+        """Once per loop round: the round's violations to the metrics and the spool."""
+        if self._violation_counts:
+            with self._emit_lock:
+                counts, self._violation_counts = self._violation_counts, Counter()
+            for (kind, verdict, policy, namespace), n in counts.items():
+                self.metrics.violation(kind, verdict, policy, namespace, n)
+        if self.producer is not None:
+            self.producer.flush()
+
+    def _userspace_lost(self) -> int:
+        """Records read from the kernel that did not make it: the local log could not
+        write them, or the spool could not store them."""
+        return self.events.dropped + (self.producer.lost if self.producer is not None else 0)
+
+    def _stream_losses(self, k: dict[str, int]) -> None:
+        """Kernel and user-space losses in-band, and the telemetry heartbeat when due."""
+        producer = self.producer
+        if producer is None:
+            return
+        producer.report_loss(pb.LOSS_REASON_KERNEL, k.get("ringbuf_full", 0), persistent=True)
+        undecodable = self.stats.unknown_op + self.stats.malformed
+        producer.report_loss(pb.LOSS_REASON_USERSPACE, undecodable + producer.lost)
+        now = time.monotonic()
+        if now >= self._next_telemetry:
+            self._next_telemetry = now + self.config.telemetry_interval
+            link = producer.stats()
+            state = "degraded" if self._reasons else "ready"
+            with self._lock:  # the pods and policies change under the API thread
+                guarded = sum(1 for s in self.enforcer.pods.values() if s.policy is not None)
+                policies = len(self.enforcer.policies)
+            producer.add_telemetry(
+                state if self._ready else "starting",
+                {
+                    "records": self.records,
+                    "violations": sum(self.by_kind.values()),
+                    "aggregated": k.get("aggregated", 0),
+                    "lost_in_kernel": k.get("ringbuf_full", 0),
+                    "lost_in_userspace": self._userspace_lost(),
+                    "undecodable": undecodable,
+                    "spool_records": link.spool_records if link else 0,
+                    "spool_bytes": link.spool_bytes if link else 0,
+                    "spool_dropped": link.dropped_total if link else 0,
+                    "rejected": link.rejected if link else 0,
+                    "pods_guarded": guarded,
+                    "policies": policies,
+                },
+            )
+        producer.flush()
 
     def _flush(self) -> None:
         self._pump_notify()
@@ -565,10 +691,13 @@ class Agent:
                 checkpoint.save(self._checkpoint_path, self.builder.tracker)
             except OSError as err:
                 _log.warning("checkpoint_unwritable", error=str(err))
+        self._end_round()
+        self._stream_losses(k)
         self.metrics.lost_total("kernel", k.get("ringbuf_full", 0))
-        self.metrics.lost_total("userspace", self.events.dropped)
+        self.metrics.lost_total("userspace", self._userspace_lost())
         self.metrics.records_total(self.records)
         self.metrics.aggregated_total(k.get("aggregated", 0))
+        self.metrics.delivery(self.producer.stats() if self.producer is not None else None)
 
     # ---------------------------------------------------------------- status ---
     def kernel_counters(self) -> dict[str, int]:
@@ -633,13 +762,15 @@ class Agent:
                 for s in sorted(self.enforcer.pods.values(), key=lambda s: s.pod.ref)
             )
             k = self.kernel_counters()
+            link = self.producer.stats() if self.producer is not None else None
             counters = Counters(
                 violations_by_kind=dict(self.by_kind),
                 aggregated=k.get("aggregated", 0),
                 lost_in_kernel=k.get("ringbuf_full", 0),
-                lost_in_userspace=self.events.dropped,
+                lost_in_userspace=self._userspace_lost(),
                 undecodable=self.stats.unknown_op + self.stats.malformed,
                 records=self.records,
+                lost_in_spool=dict(link.dropped) if link is not None else {},
             )
             pdir = PolicyDirStatus(
                 path=str(self.config.policy_dir),
@@ -648,12 +779,7 @@ class Agent:
                 last_error_at=self.store.last_error_at,
                 last_loaded_at=self.store.snapshot().loaded_at,
             )
-            collector = CollectorLink(
-                state="not configured" if self.config.collector_address is None else "disconnected",
-                address=str(self.config.collector_address)
-                if self.config.collector_address
-                else None,
-            )
+            collector = collector_link(link)
             return StatusSnapshot(
                 agent=health,
                 kernel=self._kernel_info,
@@ -663,6 +789,39 @@ class Agent:
                 policy_dir=pdir,
                 collector=collector,
             )
+
+
+def collector_link(stats: PublisherStats | None) -> CollectorLink:
+    """The status view of the publisher's figures (None: no collector configured)."""
+    if stats is None:
+        return CollectorLink(state="not configured")
+    state: CollectorState
+    if stats.state in ("connected", "connecting"):
+        state = "connected" if stats.state == "connected" else "connecting"
+    else:
+        state = "disconnected"
+    return CollectorLink(
+        state=state,
+        address=stats.address,
+        epoch=stats.epoch,
+        sent=stats.sent,
+        acked=stats.acked,
+        duplicates=stats.duplicates,
+        rejected=stats.rejected,
+        rejected_attempts=stats.rejected_attempts,
+        in_flight=stats.in_flight,
+        spool_path=stats.spool_path,
+        spool_records=stats.spool_records,
+        spool_bytes=stats.spool_bytes,
+        spool_max_bytes=stats.spool_max_bytes,
+        spool_oldest_age_s=stats.spool_oldest_age_s,
+        dropped=dict(stats.dropped),
+        dropped_attempts=stats.dropped_attempts_total,
+        last_error=stats.last_error,
+        last_error_at=None if stats.last_error_ms is None else stats.last_error_ms / 1000,
+        last_ack_at=None if stats.last_ack_ms is None else stats.last_ack_ms / 1000,
+        reconnects=stats.reconnects,
+    )
 
 
 def _untraceable_warning(names: list[str]) -> str:

@@ -3,7 +3,9 @@
 Bounded: the file rotates at ``max_bytes`` and ``keep`` old files are kept. A line that
 cannot be written (disk full, I/O error) is counted in ``dropped`` (shown by `nodeguard
 status` and metrics as lost in user space), never silently skipped. Streaming to the
-central collector (with an on-disk spool) is the collector's job, not this file's.
+central collector goes through the spool (:mod:`nodeguard.delivery`), not this file;
+``eventLog.enabled: false`` turns this log off (``enabled=False``: nothing is opened or
+written, and the agent does not even format the lines).
 """
 
 from __future__ import annotations
@@ -19,17 +21,21 @@ _log = log.get("nodeguard.agent.eventlog")
 
 
 class EventLog:
-    def __init__(self, directory: Path, max_bytes: int = 64 << 20, keep: int = 3) -> None:
+    def __init__(
+        self, directory: Path, max_bytes: int = 64 << 20, keep: int = 3, *, enabled: bool = True
+    ) -> None:
         self.directory = directory
         self.path = directory / "violations.jsonl"
         self.max_bytes = max_bytes
         self.keep = keep
+        self.enabled = enabled
         self.dropped = 0
         self.written = 0
-        directory.mkdir(parents=True, exist_ok=True)
         self._file: IO[str] | None = None
         self._size = 0
-        self._open()
+        if enabled:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._open()
 
     def _open(self) -> None:
         try:
@@ -51,6 +57,8 @@ class EventLog:
         self._open()
 
     def write(self, line: str) -> None:
+        if not self.enabled:
+            return
         if self._file is None:
             self._open()
         if self._file is None:

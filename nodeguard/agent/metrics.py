@@ -8,7 +8,8 @@ name                                     type      labels / meaning
 ======================================== ========= ==========================================
 nodeguard_violations_total               counter   kind, verdict (blocked|audited), policy,
                                                    namespace; counts attempts, repeats included
-nodeguard_events_lost_total              counter   where = kernel | userspace
+nodeguard_events_lost_total              counter   where = kernel | userspace | spool (violation
+                                                   records dropped from a full spool)
 nodeguard_records_total                  counter   violation records received from the kernel
 nodeguard_aggregated_total               counter   repeats folded into a record in the kernel
 nodeguard_pods_guarded                   gauge     pods under a policy now
@@ -17,6 +18,14 @@ nodeguard_policy_load_errors_total       counter   policy directory loads that f
 nodeguard_reconcile_seconds              histogram one reconcile pass (CRI + cgroups + kernel)
 nodeguard_admit_seconds                  histogram one runtime-hook admit, received to answered
 nodeguard_agent_up                       gauge     1 while the agent runs
+nodeguard_spool_records                  gauge     records waiting in the spool for the collector
+nodeguard_spool_bytes                    gauge     their bytes
+nodeguard_spool_dropped_total            counter   priority = telemetry | audit | violation:
+                                                   records dropped because the spool was full
+nodeguard_collector_up                   gauge     1 while the stream to the collector is
+                                                   connected (0: disconnected or connecting)
+nodeguard_publish_acked_total            counter   records the collector acknowledged
+nodeguard_publish_rejected_total         counter   records the collector refused (lost)
 nodeguard_agent_info                     info      version, node
 ======================================== ========= ==========================================
 
@@ -35,9 +44,9 @@ import errno
 import socket
 import socketserver
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 
@@ -52,6 +61,24 @@ RECONCILE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 ADMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 Check = Callable[[], bool | tuple[bool, str]]
+SPOOL_PRIORITIES = ("telemetry", "audit", "violation")
+
+
+class DeliveryFigures(Protocol):
+    """What :meth:`AgentMetrics.delivery` reads (a PublisherStats fits)."""
+
+    @property
+    def state(self) -> str: ...
+    @property
+    def spool_records(self) -> int: ...
+    @property
+    def spool_bytes(self) -> int: ...
+    @property
+    def acked(self) -> int: ...
+    @property
+    def rejected(self) -> int: ...
+    @property
+    def dropped(self) -> Mapping[str, int]: ...
 
 
 class MetricsServerError(NodeguardError):
@@ -107,14 +134,45 @@ class AgentMetrics:
             buckets=ADMIT_BUCKETS,
             registry=r,
         )
+        self.spool_records = Gauge(
+            "nodeguard_spool_records",
+            "Records waiting in the on-disk spool for the collector.",
+            registry=r,
+        )
+        self.spool_bytes = Gauge(
+            "nodeguard_spool_bytes", "Bytes of the records waiting in the spool.", registry=r
+        )
+        self.spool_dropped = Counter(
+            "nodeguard_spool_dropped",
+            "Records dropped from the spool because it was full (lowest priority first).",
+            ["priority"],
+            registry=r,
+        )
+        self.collector_up = Gauge(
+            "nodeguard_collector_up",
+            "1 while the stream to the collector is connected.",
+            registry=r,
+        )
+        self.publish_acked = Counter(
+            "nodeguard_publish_acked",
+            "Records the collector acknowledged (stored, or already stored).",
+            registry=r,
+        )
+        self.publish_rejected = Counter(
+            "nodeguard_publish_rejected",
+            "Records the collector refused as invalid (lost).",
+            registry=r,
+        )
         self.agent_up = Gauge("nodeguard_agent_up", "1 while the nodeguard agent runs.", registry=r)
         self.agent_info = Info(
             "nodeguard_agent", "The nodeguard agent's build and node.", registry=r
         )
         self.agent_up.set(1)
         self.agent_info.info({"version": __version__, "node": node})
-        for where in ("kernel", "userspace"):
+        for where in ("kernel", "userspace", "spool"):
             self.events_lost.labels(where=where)  # present (at 0) from the first scrape
+        for priority in SPOOL_PRIORITIES:
+            self.spool_dropped.labels(priority=priority)
         self._last_totals: dict[tuple[str, ...], float] = {}
         self._lock = threading.Lock()
 
@@ -149,6 +207,24 @@ class AgentMetrics:
 
     def aggregated_total(self, cumulative: float) -> None:
         self._advance(("aggregated",), self.aggregated, cumulative)
+
+    def delivery(self, link: DeliveryFigures | None) -> None:
+        """Feed the collector link's figures (None: no collector configured)."""
+        if link is None:
+            self.collector_up.set(0)
+            return
+        self.spool_records.set(link.spool_records)
+        self.spool_bytes.set(link.spool_bytes)
+        self.collector_up.set(1 if link.state == "connected" else 0)
+        self._advance(("acked",), self.publish_acked, link.acked)
+        self._advance(("rejected",), self.publish_rejected, link.rejected)
+        for priority in SPOOL_PRIORITIES:
+            count = link.dropped.get(priority, 0)
+            self._advance(
+                ("dropped", priority), self.spool_dropped.labels(priority=priority), count
+            )
+        lost = sum(link.dropped.get(p, 0) for p in ("audit", "violation"))
+        self.lost_total("spool", lost)
 
     def render(self) -> bytes:
         """The text exposition of every metric (what ``/metrics`` serves)."""

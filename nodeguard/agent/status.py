@@ -33,7 +33,7 @@ SCHEMA_VERSION = 1
 TEXT_WIDTH = 100
 
 AgentState = Literal["starting", "ready", "degraded"]
-CollectorState = Literal["not configured", "connected", "disconnected"]
+CollectorState = Literal["not configured", "connecting", "connected", "disconnected"]
 
 
 class SnapshotFormatError(NodeguardError):
@@ -128,10 +128,16 @@ class Counters:
     lost_in_userspace: int = 0
     undecodable: int = 0
     records: int = 0
+    # records dropped from the full spool, by priority (telemetry, audit, violation)
+    lost_in_spool: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def violations_total(self) -> int:
         return sum(self.violations_by_kind.values())
+
+    @property
+    def lost_in_spool_total(self) -> int:
+        return sum(self.lost_in_spool.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +153,34 @@ class PolicyDirStatus:
 
 @dataclass(frozen=True, slots=True)
 class CollectorLink:
+    """The stream to the central collector and the on-disk spool behind it. Counts are
+    records since the agent started, except ``rejected*`` and ``dropped*``, which are kept
+    in the spool and cover its whole life."""
+
     state: CollectorState
     address: str | None = None
+    epoch: int | None = None  # this agent's sequence space (its start, unix ms)
+    sent: int = 0  # records sent (resends after a reconnect included)
+    acked: int = 0  # records the collector acknowledged
+    duplicates: int = 0  # of those, records it already had
+    rejected: int = 0  # records it refused (lost)
+    rejected_attempts: int = 0  # violation attempts they stood for
+    in_flight: int = 0  # batches sent, not yet acknowledged
+    spool_path: str | None = None
+    spool_records: int = 0  # records waiting in the spool
+    spool_bytes: int = 0
+    spool_max_bytes: int = 0
+    spool_oldest_age_s: float | None = None
+    dropped: Mapping[str, int] = field(default_factory=dict)  # priority -> records dropped
+    dropped_attempts: int = 0  # violation attempts the dropped records stood for
+    last_error: str | None = None
+    last_error_at: float | None = None
+    last_ack_at: float | None = None
+    reconnects: int = 0
+
+    @property
+    def dropped_total(self) -> int:
+        return sum(self.dropped.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +255,7 @@ class StatusSnapshot:
                 "lost_in_userspace": self.counters.lost_in_userspace,
                 "undecodable": self.counters.undecodable,
                 "records": self.counters.records,
+                "lost_in_spool": dict(self.counters.lost_in_spool),
             },
             "policy_dir": {
                 "path": self.policy_dir.path,
@@ -231,10 +264,7 @@ class StatusSnapshot:
                 "last_error_at": self.policy_dir.last_error_at,
                 "last_loaded_at": self.policy_dir.last_loaded_at,
             },
-            "collector": {
-                "state": self.collector.state,
-                "address": self.collector.address,
-            },
+            "collector": _collector_dict(self.collector),
         }
 
     def to_json(self, *, indent: int | None = 2) -> str:
@@ -310,6 +340,7 @@ class StatusSnapshot:
                 lost_in_userspace=counters.integer("lost_in_userspace"),
                 undecodable=counters.integer("undecodable"),
                 records=counters.integer("records"),
+                lost_in_spool=counters.int_map("lost_in_spool", {}),
             ),
             policy_dir=PolicyDirStatus(
                 path=policy_dir.text("path"),
@@ -318,10 +349,7 @@ class StatusSnapshot:
                 last_error_at=policy_dir.opt_number("last_error_at"),
                 last_loaded_at=policy_dir.opt_number("last_loaded_at"),
             ),
-            collector=CollectorLink(
-                state=collector.choice("state", CollectorState),
-                address=collector.opt_text("address"),
-            ),
+            collector=_collector_from(collector),
             generated_at=root.number("generated_at"),
             schema_version=version,
         )
@@ -333,6 +361,57 @@ class StatusSnapshot:
         except (ValueError, UnicodeDecodeError) as err:
             raise SnapshotFormatError(f"status is not valid JSON: {err}") from err
         return cls.from_dict(data)
+
+
+def _collector_dict(c: CollectorLink) -> dict[str, Any]:
+    return {
+        "state": c.state,
+        "address": c.address,
+        "epoch": c.epoch,
+        "sent": c.sent,
+        "acked": c.acked,
+        "duplicates": c.duplicates,
+        "rejected": c.rejected,
+        "rejected_attempts": c.rejected_attempts,
+        "in_flight": c.in_flight,
+        "spool_path": c.spool_path,
+        "spool_records": c.spool_records,
+        "spool_bytes": c.spool_bytes,
+        "spool_max_bytes": c.spool_max_bytes,
+        "spool_oldest_age_s": c.spool_oldest_age_s,
+        "dropped": dict(c.dropped),
+        "dropped_attempts": c.dropped_attempts,
+        "last_error": c.last_error,
+        "last_error_at": c.last_error_at,
+        "last_ack_at": c.last_ack_at,
+        "reconnects": c.reconnects,
+    }
+
+
+def _collector_from(r: _Reader) -> CollectorLink:
+    # Every key but state and address came with the spool: absent from older agents.
+    return CollectorLink(
+        state=r.choice("state", CollectorState),
+        address=r.opt_text("address"),
+        epoch=r.opt_integer("epoch"),
+        sent=r.integer("sent", 0),
+        acked=r.integer("acked", 0),
+        duplicates=r.integer("duplicates", 0),
+        rejected=r.integer("rejected", 0),
+        rejected_attempts=r.integer("rejected_attempts", 0),
+        in_flight=r.integer("in_flight", 0),
+        spool_path=r.opt_text("spool_path"),
+        spool_records=r.integer("spool_records", 0),
+        spool_bytes=r.integer("spool_bytes", 0),
+        spool_max_bytes=r.integer("spool_max_bytes", 0),
+        spool_oldest_age_s=r.opt_number("spool_oldest_age_s"),
+        dropped=r.int_map("dropped", {}),
+        dropped_attempts=r.integer("dropped_attempts", 0),
+        last_error=r.opt_text("last_error"),
+        last_error_at=r.opt_number("last_error_at"),
+        last_ack_at=r.opt_number("last_ack_at"),
+        reconnects=r.integer("reconnects", 0),
+    )
 
 
 _MISSING = object()
@@ -381,11 +460,17 @@ class _Reader:
             raise self._bad(key, "true or false")
         return value
 
-    def integer(self, key: str) -> int:
-        value = self._get(key)
+    def integer(self, key: str, default: Any = _MISSING) -> int:
+        value = self._get(key, default)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self._bad(key, "an integer")
         return value
+
+    def opt_integer(self, key: str) -> int | None:
+        value = self._get(key, None)
+        if value is None:
+            return None
+        return self.integer(key)
 
     def number(self, key: str) -> float:
         value = self._get(key)
@@ -427,8 +512,8 @@ class _Reader:
             raise self._bad(key, "an object of strings")
         return dict(value)
 
-    def int_map(self, key: str) -> dict[str, int]:
-        value = self._get(key)
+    def int_map(self, key: str, default: Any = _MISSING) -> dict[str, int]:
+        value = self._get(key, default)
         if not isinstance(value, dict) or not all(
             isinstance(v, int) and not isinstance(v, bool) for v in value.values()
         ):
@@ -439,7 +524,12 @@ class _Reader:
 # ------------------------------------------------------------------- rendering --
 
 _STATE_STYLE = {"starting": "yellow", "ready": "bold green", "degraded": "bold red"}
-_COLLECTOR_STYLE = {"connected": "green", "disconnected": "bold red", "not configured": "dim"}
+_COLLECTOR_STYLE = {
+    "connected": "green",
+    "connecting": "yellow",
+    "disconnected": "bold red",
+    "not configured": "dim",
+}
 
 
 def format_duration(seconds: float) -> str:
@@ -457,6 +547,16 @@ def format_duration(seconds: float) -> str:
     if minutes:
         return f"{minutes}m {secs:02d}s"
     return f"{secs}s"
+
+
+def format_bytes(size: int) -> str:
+    """``512 B``, ``3.0 KiB``, ``12.4 MiB``, ``1.0 GiB``."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"  # pragma: no cover - the loop returns
 
 
 def format_time(epoch: float | None, now: float) -> str:
@@ -692,17 +792,29 @@ def _counters_table(snap: StatusSnapshot) -> Table:
     def loss(n: int) -> Text:
         return Text(str(n), style="bold red" if n else "")
 
+    spool = loss(c.lost_in_spool_total)
+    if c.lost_in_spool_total:
+        spool.append(" (" + _by_priority(c.lost_in_spool) + ")")
     return _kv_table(
         "Counters",
         [
             ("violations", violations),
             ("aggregated repeats", str(c.aggregated)),
-            ("records delivered", str(c.records)),
+            ("records read", str(c.records)),
             ("lost in kernel", loss(c.lost_in_kernel)),
             ("lost in user space", loss(c.lost_in_userspace)),
+            ("lost in spool", spool),
             ("undecodable", loss(c.undecodable)),
         ],
     )
+
+
+def _by_priority(counts: Mapping[str, int]) -> str:
+    """``violation 3, audit 0, telemetry 12``: the priorities a full spool drops, last to
+    first."""
+    order = ("violation", "audit", "telemetry")
+    names = [n for n in order if n in counts] + sorted(set(counts) - set(order))
+    return ", ".join(f"{n} {counts[n]}" for n in names)
 
 
 def _policy_dir_table(snap: StatusSnapshot) -> Table:
@@ -727,10 +839,44 @@ def _collector_table(snap: StatusSnapshot) -> Table:
     from rich.text import Text  # noqa: PLC0415
 
     link = snap.collector
-    return _kv_table(
-        "Collector",
-        [
-            ("state", Text(link.state, style=_COLLECTOR_STYLE.get(link.state, ""))),
-            ("address", link.address or "-"),
-        ],
+    now = snap.generated_at
+    rows: list[tuple[str, Text | str]] = [
+        ("state", Text(link.state, style=_COLLECTOR_STYLE.get(link.state, ""))),
+        ("address", link.address or "-"),
+    ]
+    if link.state == "not configured":
+        return _kv_table("Collector", rows)
+    if link.last_error:
+        error = Text(link.last_error, style="red" if link.state == "connected" else "bold red")
+        rows.append(("last error", error))
+        rows.append(("error at", format_time(link.last_error_at, now)))
+    spool = f"{link.spool_records:,} records, {format_bytes(link.spool_bytes)}"
+    if link.spool_max_bytes:
+        spool += f" of {format_bytes(link.spool_max_bytes)}"
+    if link.spool_oldest_age_s is not None:
+        spool += f", oldest {format_duration(link.spool_oldest_age_s)}"
+    rows.append(("spool", spool))
+    if link.spool_path:
+        rows.append(("spool file", link.spool_path))
+    rows.append(("in flight", f"{link.in_flight} batches"))
+    rows.append(
+        (
+            "sent / acked",
+            f"{link.sent:,} / {link.acked:,} records ({link.duplicates:,} already stored)",
+        )
     )
+    rejected = Text(f"{link.rejected:,}", style="bold red" if link.rejected else "")
+    if link.rejected:
+        rejected.append(f" records ({link.rejected_attempts:,} attempts)")
+    rows.append(("rejected", rejected))
+    dropped = Text(f"{link.dropped_total:,}", style="bold red" if link.dropped_total else "")
+    if link.dropped_total:
+        dropped.append(
+            f" records ({_by_priority(link.dropped)}; {link.dropped_attempts:,} attempts)"
+        )
+    rows.append(("dropped (spool full)", dropped))
+    rows.append(("last ack", format_time(link.last_ack_at, now)))
+    rows.append(("reconnects", str(link.reconnects)))
+    if link.epoch is not None:
+        rows.append(("epoch", str(link.epoch)))
+    return _kv_table("Collector", rows)

@@ -4,10 +4,34 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from nodeguard.events.model import LimitDetail, SocketDetail, SyscallDetail, Violation
 from nodeguard.events.ocsf import limit_text, socket_text
 from nodeguard.policy.compiled import CompiledPolicy, Mode
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    """How the run's records fared with ``--collector`` (records: violations and loss
+    statements)."""
+
+    address: str
+    node: str
+    records: int  # records the run spooled
+    acked: int  # acknowledged by the collector (stored, already stored or refused)
+    stored: int
+    duplicates: int
+    rejected: int  # refused as invalid: lost
+    undelivered: int  # still in the spool when the wait ended
+    lost: int = 0  # could not even be spooled
+    waited_s: float = 0.0
+    last_error: str | None = None
+    spool: Path | None = None  # where the undelivered records are kept
+
+    @property
+    def delivered(self) -> int:
+        return self.stored + self.duplicates
 
 
 @dataclass(slots=True)
@@ -21,6 +45,7 @@ class RunReport:
     kernel: dict[str, int] = field(default_factory=dict)
     undecodable: int = 0
     exit_status: int | None = None
+    delivery: DeliveryReport | None = None
 
     def add(self, violation: Violation) -> None:
         self.records += 1
@@ -113,4 +138,31 @@ def render_summary(r: RunReport) -> str:
         )
     if lost or r.undecodable:
         lines.append("nodeguard: the attempts of lost records are still counted above")
+    if r.delivery is not None:
+        lines.append(render_delivery(r.delivery))
+    return "\n".join(lines)
+
+
+def render_delivery(d: DeliveryReport) -> str:
+    """One or two lines: how many records reached the collector, and where the others
+    are. E.g. ``nodeguard: collector 10.0.0.5:7443 (node ci-1): all 12 records
+    delivered (12 stored, 0 already there)``."""
+    head = f"nodeguard: collector {d.address} (node {d.node}): "
+    refused = f"; {d.rejected:,} refused as invalid (lost)" if d.rejected else ""
+    unspooled = f"; {d.lost:,} could not be spooled (lost)" if d.lost else ""
+    if d.undelivered == 0:
+        text = (
+            f"{head}all {d.records:,} records delivered ({d.stored:,} stored, "
+            f"{d.duplicates:,} already there){refused}{unspooled}"
+        )
+        if d.rejected or d.lost:
+            text = text.replace(" all ", " ", 1)
+        return text
+    why = f" ({d.last_error})" if d.last_error else ""
+    lines = [
+        f"{head}{d.delivered:,} of {d.records:,} records delivered, {d.undelivered:,} NOT "
+        f"delivered within {d.waited_s:g}s{why}{refused}{unspooled}"
+    ]
+    if d.spool is not None:
+        lines.append(f"nodeguard: the undelivered records are kept in {d.spool}")
     return "\n".join(lines)

@@ -6,10 +6,17 @@ joins the cgroup between fork and exec (so even its own exec is checked). On the
 whatever the command left in the cgroup is killed, the ring buffer is drained, the
 aggregates are flushed so every attempt is counted, and everything is detached and
 removed, also after Ctrl-C, SIGTERM or an error.
+
+With ``--collector`` the violations are also published to a collector, as the node
+agent does (spool + publisher, :mod:`nodeguard.delivery`): the spool is a temporary
+file, the epoch is the run's start, the node is the one the client certificate names.
+At the end the run waits up to ``--collector-wait`` seconds for every record to be
+acknowledged; what is not is left in the spool file, whose path the summary prints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import shutil
@@ -17,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +34,9 @@ from typing import IO
 
 from nodeguard import log
 from nodeguard.bpf.guard import Guard, GuardLimits
+from nodeguard.delivery.producer import Producer
+from nodeguard.delivery.publisher import Publisher, PublisherTLS, certificate_node
+from nodeguard.delivery.spool import Spool
 from nodeguard.errors import CommandError, NodeguardError
 from nodeguard.events.aggregate import CountTracker
 from nodeguard.events.build import ViolationBuilder
@@ -37,10 +48,17 @@ from nodeguard.identity.cgroupfs import cgroup_id, kill_all, own_cgroup_path
 from nodeguard.policy import compile_policy, load_policy_file
 from nodeguard.policy.compiled import CompiledPolicy, Mode
 from nodeguard.policy.syscalls import host_arch
+from nodeguard.proto.nodeguard.v1 import events_pb2 as pb
 from nodeguard.runner.cgroup import create_run_cgroup, remove_run_cgroup, sweep_stale
 from nodeguard.runner.identity import RunAs, describe, resolve_user
 from nodeguard.runner.preflight import preflight, require_root
-from nodeguard.runner.report import RunReport, describe_violation, render_summary
+from nodeguard.runner.report import (
+    DeliveryReport,
+    RunReport,
+    describe_violation,
+    render_delivery,
+    render_summary,
+)
 from nodeguard.seccomp import filter as seccomp_filter
 from nodeguard.seccomp.install import install as install_seccomp
 from nodeguard.seccomp.notify import SocketNotifier
@@ -65,6 +83,16 @@ class Sandbox:
 
 
 @dataclass(frozen=True, slots=True)
+class CollectorOptions:
+    """Where ``--collector`` publishes: ``host:port``, mutual TLS, and how long the end of
+    the run waits for the collector to acknowledge everything."""
+
+    address: str
+    tls: PublisherTLS
+    wait_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class RunOptions:
     policy_file: Path
     command: list[str]
@@ -75,6 +103,7 @@ class RunOptions:
     quiet: bool = False
     user: str | None = None  # None: the sudo caller, else the current user
     limits: GuardLimits = field(default_factory=GuardLimits)
+    collector: CollectorOptions | None = None
 
 
 def select_policy(path: Path, name: str | None) -> CompiledPolicy:
@@ -154,15 +183,20 @@ class RunSession:
         self._records: queue.SimpleQueue[bytes] = queue.SimpleQueue()  # from the notifier
         self._notifier: SocketNotifier | None = None
         self._mount = Path("/")
+        self._producer: Producer | None = None
+        self._spool_dir: Path | None = None
 
     # --------------------------------------------------------------- events ---
     def _emit(self, violation: Violation) -> None:
         self.report.add(violation)
-        line = to_json_line(violation)
-        if self._stdout:
-            print(line, flush=True)
-        elif self._out is not None:
-            self._out.write(line + "\n")
+        if self._producer is not None:
+            self._producer.add_violation(violation)
+        if self._stdout or self._out is not None:
+            line = to_json_line(violation)
+            if self._stdout:
+                print(line, flush=True)
+            elif self._out is not None:
+                self._out.write(line + "\n")
         if not self.opts.quiet:
             print(f"nodeguard: {describe_violation(violation)}", file=sys.stderr, flush=True)
 
@@ -174,6 +208,73 @@ class RunSession:
         if violation is not None:
             self._emit(violation)
 
+    # ------------------------------------------------------------ collector ---
+    def _start_publishing(self, collector: CollectorOptions) -> str:
+        """Spool and publisher for ``--collector``; returns the node the certificate
+        names (the node the collector accepts this run's records for)."""
+        node = certificate_node(collector.tls.cert, collector.tls.names[1])
+        started_ms = time.time_ns() // 1_000_000
+        spool_dir = Path(tempfile.mkdtemp(prefix="nodeguard-run-spool-"))
+        spool = Spool(spool_dir / "spool.db", epoch=started_ms)
+        publisher = Publisher(
+            spool, collector.address, node=node, tls=collector.tls, producer="run"
+        )
+        try:
+            collector.tls.read()  # a clear error now; the thread starts after the fork
+        except NodeguardError:
+            spool.close()
+            shutil.rmtree(spool_dir, ignore_errors=True)
+            raise
+        self._spool_dir = spool_dir
+        self._producer = Producer(spool, publisher)
+        _log.info("run_publishing", collector=collector.address, node=node, epoch=started_ms)
+        return node
+
+    def _finish_publishing(self, wait_s: float) -> DeliveryReport | None:
+        """Wait up to ``wait_s`` for the collector to acknowledge everything; remove the
+        spool when it did, keep it (and say where) when not."""
+        producer, spool_dir = self._producer, self._spool_dir
+        if producer is None or producer.publisher is None or spool_dir is None:
+            return None
+        self._producer = None
+        publisher = producer.publisher
+        producer.flush()
+        if not publisher.started:
+            publisher.start()
+        drained = wait_s > 0 and publisher.wait_drained(wait_s)
+        stats = publisher.stats()
+        publisher.stop()
+        left = producer.spool.records
+        producer.spool.close()
+        kept: Path | None = None
+        if drained or left == 0:
+            shutil.rmtree(spool_dir, ignore_errors=True)
+        else:
+            kept = spool_dir / "spool.db"
+        return DeliveryReport(
+            address=publisher.address,
+            node=publisher.node,
+            records=producer.appended,
+            acked=stats.acked,
+            stored=stats.stored,
+            duplicates=stats.duplicates,
+            rejected=stats.rejected,
+            undelivered=left,
+            lost=producer.lost,
+            waited_s=wait_s,
+            last_error=stats.last_error,
+            spool=kept,
+        )
+
+    def _stream_losses(self) -> None:
+        """What the run knows it lost, in-band (the summary says it too)."""
+        if self._producer is None:
+            return
+        lost = self.report.kernel.get("ringbuf_full", 0)
+        self._producer.report_loss(pb.LOSS_REASON_KERNEL, lost)
+        self._producer.report_loss(pb.LOSS_REASON_USERSPACE, self.report.undecodable)
+        self._producer.flush()
+
     # ------------------------------------------------------------------ run ---
     def run(self) -> int:
         opts = self.opts
@@ -184,6 +285,40 @@ class RunSession:
         mount = preflight()
         self._mount = mount
         sweep_stale(mount)
+        node = socket.gethostname()
+        if opts.collector is not None:
+            node = self._start_publishing(opts.collector)
+        try:
+            return self._run(compiled, executable, run_as, mount, node)
+        finally:
+            if self._producer is not None:  # an error before the end: keep what is spooled
+                self._abandon_publishing()
+
+    def _abandon_publishing(self) -> None:
+        producer, spool_dir = self._producer, self._spool_dir
+        self._producer = None
+        if producer is None or spool_dir is None:
+            return
+        with contextlib.suppress(NodeguardError):
+            producer.flush()
+        if producer.publisher is not None and producer.publisher.started:
+            producer.publisher.stop()
+        left = producer.spool.records
+        producer.spool.close()
+        if left == 0:
+            shutil.rmtree(spool_dir, ignore_errors=True)
+        else:
+            print(
+                f"nodeguard: {left:,} records for the collector were not delivered; they are "
+                f"kept in {spool_dir / 'spool.db'}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def _run(
+        self, compiled: CompiledPolicy, executable: str, run_as: RunAs, mount: Path, node: str
+    ) -> int:
+        opts = self.opts
         self._out = _open_events(opts.events)
         mode: Mode = opts.mode or compiled.mode
         self.report.policy = compiled
@@ -214,7 +349,7 @@ class RunSession:
                 policies={policy_id: ref},
                 clock=MonotonicClock(),
                 tracker=CountTracker(),
-                node=socket.gethostname(),
+                node=node,
                 enrich=True,
             )
             guard.on_record(lambda data: self._on_record(builder, data))
@@ -226,7 +361,7 @@ class RunSession:
                 user=describe(run_as),
             )
             status = self._supervise(
-                guard, cgroup, executable, run_as, sandbox, lambda: self._pump(builder)
+                guard, cgroup, executable, run_as, sandbox, lambda: self._round(builder)
             )
             # Final accounting: every attempt the kernel counted becomes part of a record.
             guard.drain()
@@ -240,6 +375,7 @@ class RunSession:
                     self._emit(residual)
             self.report.kernel = guard.counters()
             self.report.undecodable = self.stats.unknown_op + self.stats.malformed
+            self._stream_losses()
         finally:
             if self._notifier is not None:
                 self._notifier.stop()
@@ -251,11 +387,23 @@ class RunSession:
                 self._out.close()
 
         self.report.exit_status = status
+        if opts.collector is not None:
+            self.report.delivery = self._finish_publishing(opts.collector.wait_s)
+        delivery = self.report.delivery
         if not opts.quiet or self.report.attempts:
             print(render_summary(self.report), file=sys.stderr, flush=True)
+        elif delivery is not None and delivery.undelivered:
+            print(render_delivery(delivery), file=sys.stderr, flush=True)
         if opts.fail_on_violation and self.report.attempts:
             return EXIT_VIOLATION
         return status
+
+    def _round(self, builder: ViolationBuilder) -> None:
+        """Once per supervision round: the notifier's records in, the round's records to
+        the spool (one transaction)."""
+        self._pump(builder)
+        if self._producer is not None:
+            self._producer.flush()
 
     def _pump(self, builder: ViolationBuilder) -> None:
         """Records the seccomp notifier made (on its thread) into the stream, here."""
@@ -346,6 +494,9 @@ class RunSession:
                 )
             except (OSError, subprocess.SubprocessError) as err:
                 raise CommandError(f"cannot start {self.opts.command[0]}: {err}") from err
+            if self._producer is not None and self._producer.publisher is not None:
+                # after the fork: gRPC's threads must not exist while preexec_fn runs
+                self._producer.publisher.start()
             if sandbox is not None and sandbox.plan.needs_listener:
                 self._start_notifier(sandbox, parent_sock, cgroup)
             forward_at: float | None = None

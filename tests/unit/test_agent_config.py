@@ -93,6 +93,9 @@ def test_full_example_file_loads() -> None:
 def test_to_yaml_dict_round_trips() -> None:
     config = parse_agent_config_text(
         "metricsAddress: ''\ncollectorAddress: '[fd00::1]:4317'\nfailClosedNamespaces: [a]\n"
+        "collectorTLS: {ca: /etc/ng/ca.crt, cert: /etc/ng/node.crt, key: /etc/ng/node.key}\n"
+        "spool: {maxBytes: 64Mi, maxRecords: 1000}\ntelemetryInterval: 30s\n"
+        "eventLog: {enabled: false}\n"
     )
     data = config.to_yaml_dict()
     assert data["metricsAddress"] == ""
@@ -152,6 +155,35 @@ def test_fail_closed_namespaces() -> None:
     assert not load_agent_config(None).fail_closed("agents")
 
 
+def test_collector_link_settings() -> None:
+    config = parse_agent_config_text(
+        TLS + "  serverName: collector.example\nspool:\n  maxBytes: 64Mi\n  maxRecords: 5000\n"
+        "  batchRecords: 500\n  window: 8\neventLog: {enabled: false}\ntelemetryInterval: 2m\n"
+    )
+    assert config.collector_address == HostPort("c", 7443)
+    assert config.collector_tls is not None
+    assert config.collector_tls.ca == Path("/ca.crt")
+    assert config.collector_tls.server_name == "collector.example"
+    assert (config.spool.max_bytes, config.spool.max_records) == (64 << 20, 5000)
+    assert (config.spool.batch_records, config.spool.window) == (500, 8)
+    assert config.event_log.enabled is False
+    assert config.telemetry_interval == 120.0
+    defaults = load_agent_config(None)
+    assert defaults.collector_tls is None
+    assert (defaults.spool.max_bytes, defaults.spool.max_records) == (256 << 20, None)
+    assert (defaults.spool.batch_records, defaults.spool.window) == (2000, 4)
+    assert defaults.event_log.enabled is True
+    assert defaults.telemetry_interval == 10.0
+
+
+@pytest.mark.parametrize(
+    ("written", "size"),
+    [(1048576, 1 << 20), ("256Mi", 256 << 20), ("1GiB", 1 << 30), ("500M", 500_000_000)],
+)
+def test_spool_sizes(written: object, size: int) -> None:
+    assert parse_agent_config_text(f"spool: {{maxBytes: {written}}}\n").spool.max_bytes == size
+
+
 def test_range_bounds_are_inclusive() -> None:
     config = parse_agent_config_text("resyncIntervalMs: 50\nhookTimeoutMs: 60000\n")
     assert (config.resync_interval_ms, config.hook_timeout_ms) == (50, 60000)
@@ -160,6 +192,8 @@ def test_range_bounds_are_inclusive() -> None:
 
 
 # ---------------------------------------------------------------------- errors --
+
+TLS = "collectorAddress: c:7443\ncollectorTLS:\n  ca: /ca.crt\n  cert: /n.crt\n  key: /k\n"
 
 # (id, text, line, path, fragment of the message)
 CASES: list[tuple[str, str, int, str, str]] = [
@@ -217,6 +251,28 @@ CASES: list[tuple[str, str, int, str, str]] = [
     ("two-documents", "logLevel: info\n---\nlogLevel: debug\n", 3, "(document)", "one YAML"),
     ("yaml-syntax", "logLevel: [\n", 1, "(yaml)", "invalid YAML"),
     ("duplicate-key", "logLevel: info\nlogLevel: debug\n", 2, "logLevel", "duplicate key"),
+    (
+        "collector-without-tls",
+        "logLevel: info\ncollectorAddress: c:7443\n",
+        1,
+        "collectorTLS",
+        "collectorTLS is not",
+    ),
+    ("tls-relative", TLS.replace("/ca.crt", "ca.crt"), 3, "collectorTLS.ca", "absolute path"),
+    ("tls-missing-key", TLS.replace("  key: /k\n", ""), 3, "collectorTLS.key", "missing key"),
+    ("tls-unknown", TLS + "  caFile: /x\n", 6, "collectorTLS.caFile", "allowed keys in"),
+    ("tls-server-name", TLS + "  serverName: a_b\n", 6, "collectorTLS.serverName", "host"),
+    ("spool-small", "spool: {maxBytes: 1000}\n", 1, "spool.maxBytes", "1Mi to 1Ti"),
+    ("spool-size-text", "spool: {maxBytes: lots}\n", 1, "spool.maxBytes", "256Mi"),
+    ("spool-size-bool", "spool: {maxBytes: true}\n", 1, "spool.maxBytes", "a boolean"),
+    ("spool-records-0", "spool: {maxRecords: 0}\n", 1, "spool.maxRecords", "at least 1"),
+    ("spool-batch", "spool: {batchRecords: 10001}\n", 1, "spool.batchRecords", "1-10000"),
+    ("spool-window", "spool: {window: 0}\n", 1, "spool.window", "1-64 batches"),
+    ("spool-snake", "spool: {max_bytes: 1Mi}\n", 1, "spool.max_bytes", "'maxBytes'"),
+    ("spool-scalar", "spool: 3\n", 1, "spool", "expected a mapping"),
+    ("event-log", "eventLog: {enabled: 'no'}\n", 1, "eventLog.enabled", "true or false"),
+    ("telemetry-unit", "telemetryInterval: 10x\n", 1, "telemetryInterval", "10s"),
+    ("telemetry-low", "telemetryInterval: 500ms\n", 1, "telemetryInterval", "1s to 3600s"),
 ]
 
 

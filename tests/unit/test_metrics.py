@@ -6,6 +6,7 @@ import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -63,6 +64,58 @@ def test_names_and_labels() -> None:
     text = m.render().decode()
     assert "# TYPE nodeguard_violations_total counter" in text
     assert "# TYPE nodeguard_reconcile_seconds histogram" in text
+
+
+@dataclass(frozen=True)
+class Link:
+    state: str = "connected"
+    spool_records: int = 0
+    spool_bytes: int = 0
+    acked: int = 0
+    rejected: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+def test_delivery_metrics() -> None:
+    m = AgentMetrics()
+    got = samples(m)
+    assert got[("nodeguard_collector_up", ())] == 0
+    assert got[("nodeguard_spool_dropped_total", (("priority", "telemetry"),))] == 0
+    assert got[("nodeguard_events_lost_total", (("where", "spool"),))] == 0
+    m.delivery(
+        Link(
+            spool_records=40,
+            spool_bytes=20_000,
+            acked=1000,
+            rejected=2,
+            dropped={"telemetry": 5, "audit": 1, "violation": 3},
+        )
+    )
+    m.delivery(
+        Link(
+            state="disconnected",
+            spool_records=70,
+            spool_bytes=35_000,
+            acked=1500,
+            rejected=2,
+            dropped={"telemetry": 6, "audit": 1, "violation": 4},
+        )
+    )
+    got = samples(m)
+    assert got[("nodeguard_spool_records", ())] == 70
+    assert got[("nodeguard_spool_bytes", ())] == 35_000
+    assert got[("nodeguard_collector_up", ())] == 0
+    assert got[("nodeguard_publish_acked_total", ())] == 1500
+    assert got[("nodeguard_publish_rejected_total", ())] == 2
+    assert got[("nodeguard_spool_dropped_total", (("priority", "telemetry"),))] == 6
+    assert got[("nodeguard_spool_dropped_total", (("priority", "audit"),))] == 1
+    assert got[("nodeguard_spool_dropped_total", (("priority", "violation"),))] == 4
+    # violation records lost in the spool (audit + violation; telemetry is not an event)
+    assert got[("nodeguard_events_lost_total", (("where", "spool"),))] == 5
+    m.delivery(Link(acked=1600, dropped={"telemetry": 6, "audit": 1, "violation": 4}))
+    assert samples(m)[("nodeguard_collector_up", ())] == 1
+    m.delivery(None)
+    assert samples(m)[("nodeguard_collector_up", ())] == 0
 
 
 def test_private_registry() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterator
@@ -118,6 +119,7 @@ def sample_snapshot(*, error: bool = True) -> StatusSnapshot:
             lost_in_userspace=2,
             undecodable=1,
             records=15,
+            lost_in_spool={"telemetry": 4, "audit": 0, "violation": 2},
         ),
         policy_dir=PolicyDirStatus(
             path="/etc/nodeguard/policies",
@@ -126,9 +128,33 @@ def sample_snapshot(*, error: bool = True) -> StatusSnapshot:
             last_error_at=NOW - 12 if error else None,
             last_loaded_at=NOW - 600,
         ),
-        collector=CollectorLink("disconnected", "collector.nodeguard.svc:7443"),
+        collector=COLLECTOR,
         generated_at=NOW,
     )
+
+
+COLLECTOR = CollectorLink(
+    "disconnected",
+    "collector.nodeguard.svc:7443",
+    epoch=1735718210000,
+    sent=1200,
+    acked=1100,
+    duplicates=20,
+    rejected=1,
+    rejected_attempts=3,
+    in_flight=0,
+    spool_path="/var/lib/nodeguard/spool.db",
+    spool_records=340,
+    spool_bytes=170 * 1024,
+    spool_max_bytes=256 << 20,
+    spool_oldest_age_s=42.0,
+    dropped={"telemetry": 4, "audit": 0, "violation": 2},
+    dropped_attempts=9,
+    last_error="UNAVAILABLE: failed to connect to all addresses",
+    last_error_at=NOW - 40,
+    last_ack_at=NOW - 45,
+    reconnects=3,
+)
 
 
 def empty_snapshot() -> StatusSnapshot:
@@ -174,6 +200,35 @@ def test_text_has_every_section_and_no_ansi() -> None:
     assert re.search(r"^lost in user space\s+2$", text, re.M)
     assert re.search(r"^state\s+disconnected$", text, re.M)
     assert "collector.nodeguard.svc:7443" in text
+    assert re.search(r"^lost in spool\s+6 \(violation 2, audit 0, telemetry 4\)$", text, re.M)
+
+
+def test_collector_section_shows_the_link_and_the_spool() -> None:
+    text = render_status(sample_snapshot())
+    section = text[text.index("\nCollector\n") :]
+    for pattern in (
+        r"^last error\s+UNAVAILABLE: failed to connect to all addresses$",
+        r"^error at\s+2025-01-01 09:59:20Z \(40s ago\)$",
+        r"^spool\s+340 records, 170\.0 KiB of 256\.0 MiB, oldest 42s$",
+        r"^spool file\s+/var/lib/nodeguard/spool\.db$",
+        r"^in flight\s+0 batches$",
+        r"^sent / acked\s+1,200 / 1,100 records \(20 already stored\)$",
+        r"^rejected\s+1 records \(3 attempts\)$",
+        r"^dropped \(spool full\)\s+6 records \(violation 2, audit 0, telemetry 4; 9 attempts\)$",
+        r"^last ack\s+2025-01-01 09:59:15Z \(45s ago\)$",
+        r"^reconnects\s+3$",
+        r"^epoch\s+1735718210000$",
+    ):
+        assert re.search(pattern, section, re.M), pattern
+    healthy = dataclasses.replace(
+        COLLECTOR, state="connected", last_error=None, rejected=0, dropped={}, dropped_attempts=0
+    )
+    text = render_status(dataclasses.replace(sample_snapshot(), collector=healthy))
+    section = text[text.index("\nCollector\n") :]
+    assert re.search(r"^state\s+connected$", section, re.M)
+    assert "last error" not in section
+    assert re.search(r"^rejected\s+0$", section, re.M)
+    assert re.search(r"^dropped \(spool full\)\s+0$", section, re.M)
 
 
 def test_policy_dir_error_is_prominent_and_verbatim() -> None:
@@ -299,6 +354,7 @@ def test_json_keys_are_the_documented_ones() -> None:
         "lost_in_userspace": 2,
         "undecodable": 1,
         "records": 15,
+        "lost_in_spool": {"telemetry": 4, "audit": 0, "violation": 2},
     }
     assert data["policy_dir"] == {
         "path": "/etc/nodeguard/policies",
@@ -307,7 +363,41 @@ def test_json_keys_are_the_documented_ones() -> None:
         "last_error_at": NOW - 12,
         "last_loaded_at": NOW - 600,
     }
-    assert data["collector"] == {"state": "disconnected", "address": "collector.nodeguard.svc:7443"}
+    assert data["collector"] == {
+        "state": "disconnected",
+        "address": "collector.nodeguard.svc:7443",
+        "epoch": 1735718210000,
+        "sent": 1200,
+        "acked": 1100,
+        "duplicates": 20,
+        "rejected": 1,
+        "rejected_attempts": 3,
+        "in_flight": 0,
+        "spool_path": "/var/lib/nodeguard/spool.db",
+        "spool_records": 340,
+        "spool_bytes": 174080,
+        "spool_max_bytes": 268435456,
+        "spool_oldest_age_s": 42.0,
+        "dropped": {"telemetry": 4, "audit": 0, "violation": 2},
+        "dropped_attempts": 9,
+        "last_error": "UNAVAILABLE: failed to connect to all addresses",
+        "last_error_at": NOW - 40,
+        "last_ack_at": NOW - 45,
+        "reconnects": 3,
+    }
+    empty = json.loads(empty_snapshot().to_json())
+    assert empty["collector"]["state"] == "not configured"
+    assert empty["counters"]["lost_in_spool"] == {}
+
+
+def test_older_collector_and_counters_objects_read_with_defaults() -> None:
+    """Agents before the spool sent only state and address (and no lost_in_spool)."""
+    data = json.loads(sample_snapshot().to_json())
+    data["collector"] = {"state": "disconnected", "address": "c:7443"}
+    del data["counters"]["lost_in_spool"]
+    snap = StatusSnapshot.from_dict(data)
+    assert snap.collector == CollectorLink("disconnected", "c:7443")
+    assert snap.counters.lost_in_spool == {}
 
 
 def test_from_json_ignores_unknown_keys() -> None:
@@ -325,6 +415,9 @@ def test_from_json_ignores_unknown_keys() -> None:
         (lambda d: d["pods"][1].update(violations="3"), "pods[1].violations: expected an integer"),
         (lambda d: d["counters"].pop("records"), "counters.records: missing"),
         (lambda d: d["collector"].update(state="up"), "collector.state"),
+        (lambda d: d["collector"].update(sent=1.5), "collector.sent: expected an integer"),
+        (lambda d: d["collector"].update(dropped=[]), "collector.dropped: expected an object"),
+        (lambda d: d["counters"].update(lost_in_spool={"audit": "x"}), "counters.lost_in_spool"),
         (lambda d: d.update(policies={}), "policies: expected a list"),
     ],
 )
