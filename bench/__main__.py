@@ -41,7 +41,10 @@ def table(results: list[Comparison]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m bench")
     ap.add_argument("--quick", action="store_true", help="fewer rounds (for a smoke run)")
-    ap.add_argument("--only", choices=["connect", "forkexec", "syscall", "sandbox", "agent"])
+    ap.add_argument(
+        "--only",
+        choices=["connect", "forkexec", "syscall", "sandbox", "agent", "stream", "collector"],
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("benchmarks load eBPF programs: run as root", file=sys.stderr)
@@ -70,6 +73,18 @@ def main() -> int:
             goal = f" (goal p99 <= {m.goal_p99_ms:.0f} ms)" if m.goal_p99_ms else ""
             print(f"{m.name}: p50 {m.p50:.1f} ms, p99 {m.p99:.1f} ms, n={len(m.values_ms)}{goal}")
         print("agent:", ", ".join(f"{k}={v}" for k, v in extra.items()))
+    stream_out: dict[str, object] = {}
+    if args.only in (None, "stream"):
+        from bench.stream_bench import run_stream_bench  # noqa: PLC0415 - needs containerd
+
+        stream_out = run_stream_bench(bins, args.quick)
+        print("stream:", json.dumps(stream_out, indent=1))
+    collector_out: dict[str, object] = {}
+    if args.only in (None, "collector"):
+        from bench.collector_bench import run_collector_bench  # noqa: PLC0415
+
+        collector_out = run_collector_bench(args.quick)
+        print("collector:", json.dumps(collector_out, indent=1))
     out = {
         "kernel": platform.release(),
         "cpus": os.cpu_count(),
@@ -78,6 +93,8 @@ def main() -> int:
         "results": [r.as_dict() for r in results],
         "sandbox": sandbox_out,
         "agent": agent_out,
+        "stream": stream_out,
+        "collector": collector_out,
     }
     name = "latest.json" if args.only is None else f"latest-{args.only}.json"
     path = BENCH_DIR / "results" / name

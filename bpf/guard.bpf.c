@@ -205,12 +205,18 @@ static __always_inline void ng_fill_hdr(struct ng_event_hdr *h, u16 op, u16 size
 	bpf_get_current_comm(&h->comm, sizeof(h->comm));
 }
 
-/* Reserve and fill a record header; NULL (counted) when the ring buffer is full. */
-static __always_inline void *ng_reserve(u32 size)
+/* Reserve a record; NULL (counted) when the ring buffer is full. ``total`` is the
+ * record's cumulative count: 0 for an unaggregated record, whose attempt no aggregate
+ * keeps either, so it is lost for good (NG_CNT_LOST_ATTEMPTS); an aggregated one is
+ * recovered by user space from the aggregate table. */
+static __always_inline void *ng_reserve(u32 size, u64 total)
 {
 	void *e = events.ringbuf_reserve(size);
-	if (!e)
+	if (!e) {
 		ng_count(NG_CNT_RINGBUF_FULL);
+		if (!total)
+			ng_count(NG_CNT_LOST_ATTEMPTS);
+	}
 	return e;
 }
 
@@ -303,7 +309,7 @@ static __always_inline int ng_egress(struct bpf_sock_addr *ctx, int v6, u8 hook)
 
 	u64 total, first;
 	if (ng_aggregate(&ak, now, &total, &first)) {
-		struct ng_egress_event *e = ng_reserve(sizeof(struct ng_egress_event));
+		struct ng_egress_event *e = ng_reserve(sizeof(struct ng_egress_event), total);
 		if (e) {
 			ng_fill_hdr(&e->hdr, NG_OP_EGRESS, sizeof(*e), pol, cgid, now, total, first);
 			__builtin_memcpy(e->addr, key.addr, 16);
@@ -373,7 +379,7 @@ static __always_inline void ng_limit_broken(struct ng_cgroup_policy *pol, u64 cg
 	u64 total, first;
 	if (!ng_aggregate(&ak, now, &total, &first))
 		return;
-	struct ng_limit_event *e = ng_reserve(sizeof(struct ng_limit_event));
+	struct ng_limit_event *e = ng_reserve(sizeof(struct ng_limit_event), total);
 	if (!e)
 		return;
 	ng_fill_hdr(&e->hdr, NG_OP_LIMIT, sizeof(*e), pol, cgid, now, total, first);
@@ -562,7 +568,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 	u64 total, first;
 	if (!ng_aggregate(&ak, now, &total, &first))
 		return 0;
-	struct ng_exec_event *e = ng_reserve(sizeof(struct ng_exec_event));
+	struct ng_exec_event *e = ng_reserve(sizeof(struct ng_exec_event), total);
 	if (!e)
 		return 0;
 	ng_fill_hdr(&e->hdr, NG_OP_EXEC, sizeof(*e), pol, cgid, now, total, first);
@@ -598,7 +604,7 @@ static __always_inline void ng_socket_report(struct ng_cgroup_policy *pol, u64 c
 	u64 total, first;
 	if (!ng_aggregate(&ak, now, &total, &first))
 		return;
-	struct ng_socket_event *e = ng_reserve(sizeof(struct ng_socket_event));
+	struct ng_socket_event *e = ng_reserve(sizeof(struct ng_socket_event), total);
 	if (!e)
 		return;
 	ng_fill_hdr(&e->hdr, NG_OP_SOCKET, sizeof(*e), pol, cgid, now, total, first);
@@ -678,7 +684,7 @@ static __always_inline void ng_syscall_report(struct ng_cgroup_policy *pol, u64 
 	u64 total, first;
 	if (!ng_aggregate(&ak, now, &total, &first))
 		return;
-	struct ng_syscall_event *e = ng_reserve(sizeof(struct ng_syscall_event));
+	struct ng_syscall_event *e = ng_reserve(sizeof(struct ng_syscall_event), total);
 	if (!e)
 		return;
 	ng_fill_hdr(&e->hdr, NG_OP_SYSCALL, sizeof(*e), pol, cgid, now, total, first);

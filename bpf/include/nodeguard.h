@@ -99,7 +99,9 @@
 #define NG_CNT_SYSCALL_KILLED   8 /* denied syscalls (seccomp kills seen in guarded cgroups) */
 #define NG_CNT_SOCKET_DENIED    9 /* sockets refused by the cgroup sock_create hook */
 #define NG_CNT_LIMIT_KILLED     10 /* processes killed for breaking a process budget */
-#define NG_CNT_MAX              11
+#define NG_CNT_LOST_ATTEMPTS    11 /* attempts lost with their record: an unaggregated record
+				    * (aggregate table full) the ring buffer had no room for */
+#define NG_CNT_MAX              12
 
 /* cgroup id -> policy. Written by user space when it guards a cgroup. */
 struct ng_cgroup_policy {

@@ -648,7 +648,12 @@ class Agent:
         producer = self.producer
         if producer is None:
             return
-        producer.report_loss(pb.LOSS_REASON_KERNEL, k.get("ringbuf_full", 0), persistent=True)
+        producer.report_loss(
+            pb.LOSS_REASON_KERNEL,
+            k.get("ringbuf_full", 0),
+            persistent=True,
+            attempts_cumulative=k.get("lost_attempts", 0),
+        )
         undecodable = self.stats.unknown_op + self.stats.malformed
         producer.report_loss(pb.LOSS_REASON_USERSPACE, undecodable + producer.lost)
         now = time.monotonic()

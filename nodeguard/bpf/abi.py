@@ -96,9 +96,10 @@ class Counter(IntEnum):
     SYSCALL_KILLED = 8
     SOCKET_DENIED = 9
     LIMIT_KILLED = 10
+    LOST_ATTEMPTS = 11
 
 
-COUNTER_MAX = 11
+COUNTER_MAX = 12
 
 
 class CgroupPolicy(ct.Structure):

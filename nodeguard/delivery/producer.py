@@ -93,8 +93,10 @@ class Producer:
         priority: int = pb.PRIORITY_VIOLATION,
         attempts: int = 0,
     ) -> None:
-        """State that ``count`` records of ``priority`` were lost for ``reason``."""
-        if count <= 0:
+        """State that ``count`` records of ``priority`` (standing for ``attempts``
+        violation attempts, 0: not known) were lost for ``reason``."""
+        count = max(count, 0)
+        if count == 0 and attempts <= 0:
             return
         with self._lock:
             self._loss_totals[(reason, priority)] += count
@@ -118,12 +120,27 @@ class Producer:
         *,
         persistent: bool = False,
         priority: int = pb.PRIORITY_VIOLATION,
+        attempts_cumulative: int | None = None,
     ) -> int:
         """Feed a cumulative loss counter; a Loss record for the increase since the last
         report (a decrease means the counter was reset: all of it is new). Returns the
         increase. ``persistent``: the counter outlives this process (the kernel's), so
-        the reported value is kept in the spool with the records."""
-        key = f"reported.{REASON_NAMES.get(reason, str(reason))}"
+        the reported value is kept in the spool with the records. ``attempts_cumulative``:
+        a second cumulative counter, of the violation attempts the lost records stood
+        for, reported the same way in ``Loss.attempts``."""
+        name = REASON_NAMES.get(reason, str(reason))
+        delta = self._advance(f"reported.{name}", cumulative, persistent=persistent)
+        attempts = 0
+        if attempts_cumulative is not None:
+            # read just after ``cumulative``: a round may see an attempt whose record it
+            # counted in the previous round, so a Loss may carry attempts and count 0
+            attempts = self._advance(
+                f"reported.{name}.attempts", attempts_cumulative, persistent=persistent
+            )
+        self.add_loss(reason, delta, priority=priority, attempts=attempts)
+        return delta
+
+    def _advance(self, key: str, cumulative: int, *, persistent: bool) -> int:
         with self._lock:
             last = self._reported.get(key)
         if last is None:
@@ -133,7 +150,6 @@ class Producer:
             self._reported[key] = cumulative
             if persistent and cumulative != last:
                 self._meta[key] = cumulative
-        self.add_loss(reason, delta, priority=priority)
         return delta
 
     def add_telemetry(self, state: str, counters: Mapping[str, int]) -> None:
