@@ -4,14 +4,19 @@ A private containerd (CRI, runc, CNI bridge; nothing pulled, nothing leaves the 
 plays the node, the demo plays the kubelet. Two service pods stand in for an LLM API the
 agent may reach and an exfiltration server it may not. The node agent loads the example
 policy; a labelled agent pod and an unlabelled neighbour try the same things. At the end:
-`nodeguard status` as an operator sees it, and the violation records as the SIEM gets
-them. Everything is removed afterwards (pods, containerd, agent pins).
+`nodeguard status` as an operator sees it, then the central side: a local collector
+(mTLS, its SQLite store, a JSON lines SIEM sink) that the agent streamed every violation
+to, queried with `nodeguard events`, and one record as the SIEM gets it. Everything is
+removed afterwards (pods, containerd, agent pins, collector).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,10 +26,12 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from nodeguard import pki
 from nodeguard.agent.status import render_status
 from nodeguard.demo.policy import research_agent_policy
 from nodeguard.errors import NodeguardError
 from nodeguard.lab.agent_process import AgentProcess
+from nodeguard.lab.collector_process import CollectorProcess
 from nodeguard.lab.containerd import (
     ContainerdRuntime,
     KubeletSim,
@@ -37,6 +44,29 @@ from nodeguard.lab.containerd import (
 from nodeguard.runner.preflight import require_root
 
 PORT = 8080
+NODE = "demo-node"
+
+
+def local_collector(work: Path) -> tuple[CollectorProcess, dict[str, Any]]:
+    """A collector on 127.0.0.1 with a private CA, a durable store and a JSON lines sink,
+    and the agent config keys that stream to it."""
+    ca = pki.make_ca(work / "pki", "nodeguard demo CA")
+    server = pki.issue_server(ca, work / "pki", ["127.0.0.1"])
+    node = pki.issue_node(ca, work / "pki", NODE)
+    config = {
+        "apiVersion": "nodeguard.io/v1alpha1",
+        "kind": "CollectorConfig",
+        "listen": "127.0.0.1:0",
+        "cluster": "demo",
+        "tls": {"cert": str(server.cert), "key": str(server.key), "clientCA": str(ca.cert_path)},
+        "store": {"path": str(work / "collector" / "events.db")},
+        "metricsAddress": None,
+        "sinks": [{"type": "jsonl", "name": "siem-file", "path": str(work / "siem.jsonl")}],
+    }
+    path = work / "collector.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    tls = {"ca": str(ca.cert_path), "cert": str(node.cert), "key": str(node.key)}
+    return CollectorProcess(path, workdir=work / "collector-run"), tls
 
 
 def demo_policy(api_ip: str) -> dict[str, Any]:
@@ -78,12 +108,24 @@ def run_agent_tour(console: Console | None = None) -> int:
     out = console or Console()
     runtime = ContainerdRuntime(new_workdir())
     work = Path(tempfile.mkdtemp(prefix="nodeguard-demo-"))
-    agent = AgentProcess(runtime, work, overrides={"nodeName": "demo-node"})
+    collector, collector_tls = local_collector(work)
+    agent: AgentProcess | None = None
     out.rule("[bold]nodeguard demo: the node agent guarding pods")
     out.print("starting a private containerd (CRI + runc + CNI) to play a Kubernetes node ...")
     runtime.start()
     kubelet = KubeletSim(runtime)
     try:
+        out.print("starting a local collector (gRPC + mTLS, SQLite store, JSON lines sink) ...")
+        collector.start()
+        agent = AgentProcess(
+            runtime,
+            work,
+            overrides={
+                "nodeName": NODE,
+                "collectorAddress": f"127.0.0.1:{collector.port}",
+                "collectorTLS": collector_tls,
+            },
+        )
         api = kubelet.run_pod("infra", "llm-api")
         exfil = kubelet.run_pod("infra", "exfil-server")
         for pod in (api, exfil):
@@ -126,7 +168,7 @@ def run_agent_tour(console: Console | None = None) -> int:
             )
         out.print(table)
 
-        time.sleep(1.5)  # the agent flushes its event log once a second
+        time.sleep(2.0)  # the agent flushes aggregates and publishes once a second
         out.rule("`nodeguard status` on the node")
         out.print(
             render_status(agent.status(), width=min(out.width, 100)),
@@ -134,20 +176,33 @@ def run_agent_tour(console: Console | None = None) -> int:
             highlight=False,
             soft_wrap=True,
         )
-        out.rule("what the SIEM gets (OCSF, one record)")
-        log = work / "state" / "events" / "violations.jsonl"
+        store = work / "collector" / "events.db"
+        out.rule("on the collector: `nodeguard events --store ...`")
+        events = subprocess.run(
+            [sys.executable, "-m", "nodeguard", "events", "--store", str(store)],
+            capture_output=True, text=True, timeout=60, check=False,
+            env={**os.environ, "COLUMNS": str(max(out.width, 100))},
+        )  # fmt: skip
+        out.print(events.stdout.rstrip() or events.stderr.rstrip(), markup=False, highlight=False)
+        out.rule("what the SIEM gets (the JSON lines sink, OCSF, one record)")
+        siem = work / "siem.jsonl"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (siem.exists() and siem.stat().st_size):
+            time.sleep(0.2)
         records = (
-            [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+            [json.loads(line) for line in siem.read_text().splitlines()] if siem.exists() else []
         )
         if records:
             out.print_json(json.dumps(records[0]))
         out.print(
-            f"{len(records)} records in {log}; the same files, policies and commands run on a "
-            "real node (docs/deploy.md)"
+            f"{len(records)} records in {siem}; the same files, policies and commands run on a "
+            "real node and cluster (docs/deploy.md, docs/collector.md, docs/sinks.md)"
         )
         return 0
     finally:
-        out.print("cleaning up: pods, agent pins, containerd ...")
+        out.print("cleaning up: pods, agent pins, containerd, collector ...")
         kubelet.remove_all()
-        agent.teardown()
+        if agent is not None:
+            agent.teardown()
         runtime.close()
+        collector.stop()
