@@ -73,6 +73,7 @@ REFUSE_REASONS = (
     "malformed",
     "too_many_streams",
     "store_error",
+    "shutting_down",
 )
 
 

@@ -4,6 +4,14 @@ commits every batch to the store before acknowledging it, and feeds the SIEM sin
 ``CollectorServer(config).start()`` opens the store, starts the sinks, binds and serves;
 :func:`serve` is what ``nodeguard collector --config FILE`` runs (until SIGTERM/SIGINT).
 See docs/collector.md for the delivery guarantees.
+
+:meth:`CollectorServer.stop` goes in an order that never leaves a Publish handler using a
+closed store: health NOT_SERVING; no new streams; no new batches (a stream that sends
+one ends with UNAVAILABLE, the batch not stored); the batches under way finish and are
+acknowledged (within the grace); the remaining streams are cancelled; the retention
+thread and the sinks stop; the store closes last, and it waits for any insert that
+outlived the grace (an insert after that fails with StoreError, never runs on a closed
+connection).
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from nodeguard.collector.metrics import CollectorMetrics, StoreFigures
 from nodeguard.collector.records import InsertResult
 from nodeguard.collector.service import SERVICE, CollectorStats, PublishService
 from nodeguard.collector.sinks.runner import SinkRunner, build_runners
-from nodeguard.collector.store import EventStore
+from nodeguard.collector.store import EventStore, StoreError
 from nodeguard.errors import NodeguardError
 from nodeguard.proto.nodeguard.v1 import events_pb2 as pb
 
@@ -42,6 +50,8 @@ EXTRA_THREADS = 16
 KEEPALIVE_TIME_MS = 30_000  # ping idle producers; a dead one's stream ends ~40 s later
 KEEPALIVE_TIMEOUT_MS = 10_000
 HEALTH_SERVICES = ("", SERVICE)
+# After the streams are cancelled, how long stop() waits for gRPC to finish shutting down.
+SERVER_SHUTDOWN_WAIT_S = 10.0
 
 
 class CollectorError(NodeguardError):
@@ -154,7 +164,13 @@ class CollectorServer:
         return self._service.stats()
 
     def _insert(self, node: str, epoch: int, records: Sequence[pb.Record]) -> InsertResult:
-        return self.store.insert(node, epoch, records)
+        store = self._store
+        if store is None:
+            raise StoreError(
+                "the event store is closed: the collector is stopping",
+                fix="send the batch again to a running collector",
+            )
+        return store.insert(node, epoch, records)
 
     def _store_figures(self) -> StoreFigures | None:
         store = self._store
@@ -297,8 +313,9 @@ class CollectorServer:
                 return
 
     def stop(self, grace_s: float = 2.0) -> None:
-        """Health NOT_SERVING, refuse new streams, give open ones ``grace_s`` to finish,
-        stop the sinks, close the store."""
+        """Stop in order (see the module docstring): batches under way get ``grace_s``
+        to be stored and acknowledged, then open streams are cancelled, the sinks stop
+        and the store closes."""
         if not self._serving and self._server is None:
             return
         _log.info("collector_stopping", grace_s=grace_s, streams=self.stats().streams)
@@ -307,11 +324,25 @@ class CollectorServer:
 
     def _teardown(self, grace_s: float) -> None:
         self._serving = False
-        self._health.enter_graceful_shutdown()
+        self._health.enter_graceful_shutdown()  # every service NOT_SERVING
         self._stop.set()
         server, self._server = self._server, None
-        if server is not None:
-            server.stop(grace_s).wait()
+        # no new RPCs from here on; the calls still open after the grace are cancelled
+        shutdown = None if server is None else server.stop(max(grace_s, 0.0))
+        self._service.shut_down()  # no new batches either
+        idle = self._service.wait_idle(max(grace_s, 0.0))
+        if not idle and grace_s > 0:
+            _log.warning(
+                "collector_batches_unfinished",
+                grace_s=grace_s,
+                batches=self._service.in_flight(),
+                hint="their producers resend them; the store closes after the inserts",
+            )
+        # Publish streams end now that their batches are done (other calls, such as a
+        # health Watch, keep the rest of the grace)
+        self._service.cancel_streams()
+        if shutdown is not None and not shutdown.wait(grace_s + SERVER_SHUTDOWN_WAIT_S):
+            _log.warning("grpc_shutdown_slow", waited_s=grace_s + SERVER_SHUTDOWN_WAIT_S)
         if self._retention_thread is not None:
             self._retention_thread.join(timeout=30)
             self._retention_thread = None

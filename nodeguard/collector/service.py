@@ -9,6 +9,11 @@ one decoded batch per stream.
 
 Refusals end the stream with a gRPC status and are counted by reason (see
 :class:`CollectorStats`); the server keeps serving every other stream.
+
+Shutdown (:meth:`PublishService.shut_down`, then :meth:`PublishService.wait_idle`): a batch
+whose insert is under way finishes and is acknowledged; every batch that arrives after
+ends its stream with UNAVAILABLE (reason ``shutting_down``) without touching the store, so
+the producer sends it again to the next collector (or this one after its restart).
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ REJECT_INVALID_RECORD = "invalid_record"  # the store refused the record (see th
 REJECT_EPOCH = "batch_epoch"  # epoch 0
 REJECT_ORDER = "batch_order"  # seqs not strictly ascending
 REJECT_SIZE = "batch_size"  # more than limits.maxRecordsPerBatch records
+
+# Refusal reason of a batch that arrives while the collector stops (metric label value).
+REFUSE_SHUTTING_DOWN = "shutting_down"
 
 # How often one stream may log batch_rejected at warning.
 _REJECT_LOG_INTERVAL_S = 10.0
@@ -128,9 +136,59 @@ class PublishService:
         self._max_records = max_records_per_batch
         self._max_streams = max_streams
         self._counters = _Counters()
+        self._flow = threading.Condition()  # guards _closing and _in_flight
+        self._closing = False
+        self._in_flight = 0  # batches between "taken" and "ack sent"
+        self._contexts: set[grpc.ServicerContext] = set()  # of the open streams
 
     def stats(self) -> CollectorStats:
         return self._counters.snapshot()
+
+    # ------------------------------------------------------------------- shutdown --
+
+    def shut_down(self) -> None:
+        """Take no new batch: from now on a stream that sends one is ended with
+        UNAVAILABLE (the batch is not stored). Batches under way go on (wait_idle)."""
+        with self._flow:
+            self._closing = True
+
+    def in_flight(self) -> int:
+        """Batches taken and not yet acknowledged."""
+        with self._flow:
+            return self._in_flight
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no batch is under way (its insert done and its ack handed to gRPC),
+        at most ``timeout_s``; True when none is. Call after :meth:`shut_down`."""
+        deadline = time.monotonic() + timeout_s
+        with self._flow:
+            while self._in_flight:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._flow.wait(remaining)
+            return True
+
+    def cancel_streams(self) -> None:
+        """Cancel every open Publish stream (after :meth:`shut_down`): their handlers
+        waiting for a request end."""
+        with self._flow:
+            contexts = list(self._contexts)
+        for context in contexts:
+            context.cancel()
+
+    def _take_batch(self) -> bool:
+        with self._flow:
+            if self._closing:
+                return False
+            self._in_flight += 1
+            return True
+
+    def _batch_done(self) -> None:
+        with self._flow:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._flow.notify_all()
 
     def method_handler(self) -> grpc.RpcMethodHandler:
         return grpc.stream_stream_rpc_method_handler(
@@ -154,7 +212,12 @@ class PublishService:
     ) -> NoReturn:
         with self._counters.lock:
             self._counters.refused[reason] += 1
-        _log.warning("stream_refused", reason=reason, peer=context.peer(), error=message, **fields)
+        if reason == REFUSE_SHUTTING_DOWN:  # expected, one per open stream: not a warning
+            _log.info("stream_refused", reason=reason, peer=context.peer(), **fields)
+        else:
+            _log.warning(
+                "stream_refused", reason=reason, peer=context.peer(), error=message, **fields
+            )
         context.abort(code, message)
         raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
@@ -182,9 +245,15 @@ class PublishService:
                 node=cert_node,
             )
         stream = _Stream(peer=peer, cert_node=cert_node)
+        with self._flow:
+            self._contexts.add(context)
         try:
             yield from self._serve(stream, requests, context)
         finally:
+            if stream.end == "open":  # closed by gRPC while an ack was being sent
+                stream.end = "shutdown" if self._closing else "cancelled"
+            with self._flow:
+                self._contexts.discard(context)
             with self._counters.lock:
                 self._counters.streams -= 1
                 if stream.node is not None:
@@ -214,6 +283,9 @@ class PublishService:
                 stream.end = "closed"
                 return
             except grpc.RpcError:
+                if self._closing:  # cancelled by the server's stop
+                    stream.end = "shutdown"
+                    return
                 stream.end = "broken"
                 with self._counters.lock:
                     self._counters.broken += 1
@@ -230,8 +302,22 @@ class PublishService:
                     node=stream.node,
                 )
             self._check_node(stream, request, context)
-            ack = self._batch(stream, request, context)
-            yield ack
+            if not self._take_batch():
+                stream.end = "shutdown"
+                self._refuse(
+                    context,
+                    REFUSE_SHUTTING_DOWN,
+                    grpc.StatusCode.UNAVAILABLE,
+                    "the collector is shutting down and did not store this batch; send it "
+                    "again (reconnect to another collector, or to this one after its restart)",
+                    node=stream.node,
+                )
+            try:
+                ack = self._batch(stream, request, context)
+                # the generator resumes (or is closed) once gRPC has sent the ack
+                yield ack
+            finally:
+                self._batch_done()
 
     def _check_node(
         self, stream: _Stream, request: pb.PublishRequest, context: grpc.ServicerContext
@@ -318,6 +404,17 @@ class PublishService:
             try:
                 result = self._insert(node, request.epoch, records)
             except Exception as err:
+                if self._closing:  # the store closed under a batch that outlived the grace
+                    stream.end = "shutdown"
+                    self._refuse(
+                        context,
+                        REFUSE_SHUTTING_DOWN,
+                        grpc.StatusCode.UNAVAILABLE,
+                        "the collector is shutting down and did not store this batch; "
+                        "send it again",
+                        node=node,
+                        error=str(err),
+                    )
                 stream.end = "store_error"
                 _log.error("store_insert_failed", node=node, epoch=request.epoch, error=str(err))
                 self._refuse(

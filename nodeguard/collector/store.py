@@ -20,7 +20,13 @@ Tables (schema version :data:`SCHEMA_VERSION`, kept in ``PRAGMA user_version``):
 
 Concurrency: one connection per thread; writers take one lock (SQLite has one writer at a
 time anyway, the lock keeps them from spinning on SQLITE_BUSY); readers run concurrently
-with the writer (WAL).
+with the writer (WAL). Every use of a connection is counted: :meth:`EventStore.close`
+refuses new uses (:class:`StoreError`), waits for the ones under way to finish, and only
+then closes the connections, so no thread ever runs SQLite on a closed connection.
+
+A stored event whose body does not decode (the file was changed behind nodeguard's back)
+is skipped by the readers, counted (:attr:`StoreStats.undecodable`) and logged once, so
+one bad row never stops a sink.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from google.protobuf.message import DecodeError
+
 from nodeguard import log
 from nodeguard.collector.records import (
     EventQuery,
@@ -51,6 +59,8 @@ from nodeguard.events.wire import KIND_FROM_PB, VERDICT_FROM_PB, WireFormatError
 from nodeguard.proto.nodeguard.v1 import events_pb2 as pb
 
 _log = log.get("nodeguard.collector.store")
+
+CLOSE_WAIT_LOG_S = 5.0  # close() logs when uses under way keep it waiting this long
 
 SCHEMA_VERSION = 1
 TELEMETRY_KEY_TTL_S = 86400.0  # telemetry keys are remembered this long (dedup of resends)
@@ -198,6 +208,21 @@ class StoreStats:
     size_bytes: int  # database + write-ahead log
     duplicates_total: int
     rejected_total: int
+    # events whose body did not decode, skipped by the readers of this EventStore (since
+    # it was opened)
+    undecodable: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EventSpan:
+    """What :meth:`EventStore.read_span` read: the decodable events, the rowid it read up
+    to (decodable or not; the ``rowid`` it was given when there was no row) and the
+    number of rows skipped as undecodable. A reader moving a cursor moves it to
+    ``end_rowid``, past undecodable rows too."""
+
+    events: list[StoredEvent]
+    end_rowid: int
+    undecodable: int
 
 
 _CLASS_UID = {pb_kind: ocsf.CLASS_OF_KIND[kind].uid for pb_kind, kind in KIND_FROM_PB.items()}
@@ -374,7 +399,10 @@ class EventStore:
         self._connections_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._new_events = threading.Condition()
+        self._gate = threading.Condition()  # guards _closed and _active
         self._closed = False
+        self._active = 0  # uses of a connection under way
+        self._undecodable: set[int] = set()  # rowids (guarded by _gate)
         if read_only:
             if not self.path.is_file():
                 raise StoreError(
@@ -441,6 +469,29 @@ class EventStore:
             self._local.conn = conn
         return conn
 
+    def _closed_error(self) -> StoreError:
+        return StoreError(
+            f"the event store {self.path} is closed",
+            fix="open it again (a collector that is stopping no longer stores batches; "
+            "its producers resend them)",
+        )
+
+    @contextmanager
+    def _use(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection, counted as in use until the block ends: close()
+        waits for it. Raises StoreError once the store is closed (or closing)."""
+        with self._gate:
+            if self._closed:
+                raise self._closed_error()
+            self._active += 1
+        try:
+            yield self._conn()
+        finally:
+            with self._gate:
+                self._active -= 1
+                if not self._active:
+                    self._gate.notify_all()
+
     def _error(self, action: str, err: sqlite3.Error) -> StoreError:
         text = str(err)
         if isinstance(err, sqlite3.DatabaseError) and (
@@ -466,8 +517,7 @@ class EventStore:
             raise StoreError(
                 f"the event store {self.path} is open read-only", fix="open it writable"
             )
-        with self._write_lock:
-            conn = self._conn()
+        with self._write_lock, self._use() as conn:
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as err:
@@ -483,18 +533,19 @@ class EventStore:
                 raise
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        try:
-            return self._conn().execute(sql, params).fetchall()
-        except sqlite3.Error as err:
-            raise self._error("read", err) from err
+        with self._use() as conn:
+            try:
+                return conn.execute(sql, params).fetchall()
+            except sqlite3.Error as err:
+                raise self._error("read", err) from err
 
     def _open_schema(self) -> None:
-        conn = self._conn()
-        try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        except sqlite3.Error as err:
-            raise self._error("open", err) from err
+        with self._use() as conn:
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            except sqlite3.Error as err:
+                raise self._error("open", err) from err
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"the event store {self.path} has schema version {version}; this nodeguard "
@@ -503,7 +554,7 @@ class EventStore:
             )
         if version == SCHEMA_VERSION:
             if not self.read_only:
-                self._set_wal(conn)
+                self._set_wal()
             return
         if tables:
             raise StoreError(
@@ -515,7 +566,7 @@ class EventStore:
                 f"the event store {self.path} is empty (the collector has not initialised it)",
                 fix="start the collector once, or give the path of its store",
             )
-        self._set_wal(conn)
+        self._set_wal()
         with self._write() as tx:
             if tx.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
                 return  # another process created it meanwhile
@@ -528,12 +579,13 @@ class EventStore:
             tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         _log.info("store_created", path=str(self.path), schema=SCHEMA_VERSION)
 
-    def _set_wal(self, conn: sqlite3.Connection) -> None:
-        try:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            conn.execute("PRAGMA journal_size_limit = 67108864")
-        except sqlite3.Error as err:
-            raise self._error("open", err) from err
+    def _set_wal(self) -> None:
+        with self._use() as conn:
+            try:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                conn.execute("PRAGMA journal_size_limit = 67108864")
+            except sqlite3.Error as err:
+                raise self._error("open", err) from err
         if str(mode).lower() != "wal":
             raise StoreError(
                 f"the event store {self.path} cannot use write-ahead logging (mode {mode})",
@@ -541,8 +593,22 @@ class EventStore:
             )
 
     def close(self) -> None:
-        """Close every connection (of every thread). The store is unusable afterwards."""
-        self._closed = True
+        """Refuse new uses, wait for the uses under way (an insert's transaction, a
+        read) to finish, then close every connection (of every thread). Every method
+        raises :class:`StoreError` afterwards. Idempotent."""
+        started = time.monotonic()
+        logged = False
+        with self._gate:
+            self._closed = True
+            while self._active:
+                if not self._gate.wait(CLOSE_WAIT_LOG_S) and not logged:
+                    logged = True
+                    _log.warning(
+                        "store_close_waiting",
+                        path=str(self.path),
+                        uses=self._active,
+                        waited_s=round(time.monotonic() - started, 1),
+                    )
         with self._connections_lock:
             connections, self._connections = self._connections, []
         for conn in connections:
@@ -617,15 +683,15 @@ class EventStore:
 
     # ---------------------------------------------------------------------- events --
 
-    def _decode(self, row: tuple[Any, ...]) -> StoredEvent:
+    def _decode(self, row: tuple[Any, ...]) -> StoredEvent | None:
+        """The event of an ``events`` row; None (counted and logged once per row) when
+        its body does not decode."""
         rowid, node, epoch, seq, received_ms, body = row
         try:
             violation = from_proto(pb.Violation.FromString(body))
-        except (WireFormatError, ValueError) as err:  # DecodeError is a ValueError
-            raise StoreError(
-                f"event {rowid} in {self.path} cannot be decoded: {err}",
-                fix="the file was changed by something else than nodeguard; move it aside",
-            ) from err
+        except (DecodeError, WireFormatError, ValueError, TypeError) as err:
+            self._note_undecodable(rowid, node, epoch, seq, err)
+            return None
         if violation.node is None:
             violation = dataclasses.replace(violation, node=node)
         return StoredEvent(
@@ -637,9 +703,32 @@ class EventStore:
             violation=violation,
         )
 
+    def _note_undecodable(
+        self, rowid: int, node: str, epoch: int, seq: int, err: Exception
+    ) -> None:
+        with self._gate:
+            if rowid in self._undecodable:
+                return
+            self._undecodable.add(rowid)
+        _log.error(
+            "store_event_undecodable",
+            path=str(self.path),
+            rowid=rowid,
+            node=node,
+            epoch=epoch,
+            seq=seq,
+            error=str(err) or type(err).__name__,
+            hint="the row was changed by something other than nodeguard; it is skipped "
+            "(readers and sinks go on with the next event)",
+        )
+
+    def _decoded(self, rows: Sequence[tuple[Any, ...]]) -> list[StoredEvent]:
+        return [event for event in map(self._decode, rows) if event is not None]
+
     def query(self, q: EventQuery) -> list[StoredEvent]:
         """Events matching every filter of ``q``, in rowid order (newest first with
-        ``newest_first``), at most ``q.limit`` (None: all)."""
+        ``newest_first``), at most ``q.limit`` (None: all). Rows that do not decode are
+        skipped (see :attr:`StoreStats.undecodable`), so fewer may come back."""
         where: list[str] = []
         params: list[Any] = []
         # after a rowid (--follow): the new rows are few, walk them by rowid ("+column"
@@ -665,15 +754,28 @@ class EventStore:
         sql += " ORDER BY rowid DESC" if q.newest_first else " ORDER BY rowid"
         sql += " LIMIT ?"
         params.append(-1 if q.limit is None else q.limit)
-        return [self._decode(row) for row in self._read(sql, params)]
+        return self._decoded(self._read(sql, params))
 
-    def read_after(self, rowid: int, limit: int) -> list[StoredEvent]:
-        """Up to ``limit`` events with a rowid above ``rowid``, in rowid order."""
+    def read_span(self, rowid: int, limit: int) -> EventSpan:
+        """The next ``limit`` rows after ``rowid``, in rowid order: their decodable
+        events and how far it read (see :class:`EventSpan`)."""
         rows = self._read(
             _SELECT_EVENTS + " WHERE rowid > ? ORDER BY rowid LIMIT ?",
             (rowid, limit),
         )
-        return [self._decode(row) for row in rows]
+        events = self._decoded(rows)
+        return EventSpan(
+            events=events,
+            end_rowid=rows[-1][0] if rows else rowid,
+            undecodable=len(rows) - len(events),
+        )
+
+    def read_after(self, rowid: int, limit: int) -> list[StoredEvent]:
+        """The events among the next ``limit`` rows after ``rowid``, in rowid order; a
+        row whose body does not decode is skipped (counted in
+        :attr:`StoreStats.undecodable`, logged once). A cursor should move with
+        :meth:`read_span`, which says how far it read."""
+        return self.read_span(rowid, limit).events
 
     def last_rowid(self) -> int:
         """The highest events rowid (0 when there is no event)."""
@@ -693,7 +795,13 @@ class EventStore:
             while True:
                 if self._closed:
                     return False
-                if self.last_rowid() > after_rowid:
+                try:
+                    last = self.last_rowid()
+                except StoreError:
+                    if self._closed:  # closed meanwhile
+                        return False
+                    raise
+                if last > after_rowid:
                     return True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -804,4 +912,5 @@ class EventStore:
             size_bytes=size,
             duplicates_total=counters.get("duplicates", 0),
             rejected_total=counters.get("rejected", 0),
+            undecodable=len(self._undecodable),
         )

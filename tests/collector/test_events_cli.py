@@ -22,6 +22,7 @@ import pytest
 
 from nodeguard.cli import events as events_cli
 from nodeguard.cli import main as cli_main
+from nodeguard.collector.records import DEFAULT_STORE_PATH
 from nodeguard.collector.store import EventStore
 from nodeguard.events.model import EgressDetail, ExecDetail, Kind, LimitDetail, Violation
 from nodeguard.events.ocsf import to_json_line
@@ -340,8 +341,8 @@ def test_config_problems(run: Any, tmp_path: Path) -> None:
 def test_config_without_store_uses_the_default(tmp_path: Path) -> None:
     config = tmp_path / "collector.yaml"
     config.write_text("listen: 0.0.0.0:7443\n")
-    assert events_cli.store_path(config, None) == events_cli.DEFAULT_STORE_PATH
-    assert events_cli.store_path(None, None) == events_cli.DEFAULT_STORE_PATH
+    assert events_cli.store_path(config, None) == DEFAULT_STORE_PATH
+    assert events_cli.store_path(None, None) == DEFAULT_STORE_PATH
     assert events_cli.store_path(config, tmp_path / "x.db") == tmp_path / "x.db"
 
 

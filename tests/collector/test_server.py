@@ -1,12 +1,15 @@
 """The collector server with real components: a real gRPC server over real mutual TLS
 (certificates from nodeguard.pki), real gRPC clients, a real SQLite store (checked from a
 second, read-only EventStore on the same file), a real JSON-lines sink, and the
-collector as a real subprocess (CollectorProcess). Everything listens on 127.0.0.1:0."""
+collector as a real subprocess (CollectorProcess). Everything listens on 127.0.0.1:0.
+Stops under load run in a child Python process, so a crash there is a failed test."""
 
 from __future__ import annotations
 
 import json
 import queue
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -42,6 +45,7 @@ OTHER = "node-b"
 SERVICE = "nodeguard.v1.Collector"
 PUBLISH = f"/{SERVICE}/Publish"
 TIMEOUT = 30.0
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------------ certificates --
@@ -478,6 +482,153 @@ def test_retention_runs_in_the_background(start: Callable[..., Running]) -> None
     assert producer.send(batch([1, 2], time_ms=two_hours_ago)).stored == 2
     assert producer.send(batch([3])).stored == 1
     wait_for(lambda: stored_seqs(running.db) == [3], "old events deleted")
+
+
+def test_stop_ends_idle_streams_without_waiting_out_the_grace(collector: Running) -> None:
+    """An open stream with no batch under way is cancelled at once: a stop with a grace
+    of 10 minutes returns (within the generous TIMEOUT) and the acked batch is stored."""
+    producer = collector.producer()
+    assert producer.send(batch([1, 2])).stored == 2
+    stopper = threading.Thread(target=collector.server.stop, kwargs={"grace_s": 600.0})
+    stopper.start()
+    stopper.join(TIMEOUT)
+    assert not stopper.is_alive()
+    with pytest.raises(grpc.RpcError) as info:
+        producer.send(batch([3]))
+    assert info.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+    assert stored_seqs(collector.db) == [1, 2]
+    assert collector.server.stats().broken == 0  # ended by the stop, not counted broken
+
+
+STOP_ROUNDS = 10
+STOP_PRODUCERS = 4  # streams, two per node
+STOP_BATCH = 20  # records per batch
+
+
+@dataclass
+class _Round:
+    """What the producer threads of one stop round share."""
+
+    acked: list[list[Any]]  # [node, epoch, first seq, last seq] per acked batch
+    errors: list[BaseException]
+    lock: threading.Lock
+
+
+def _stream_until_stopped(channel: grpc.Channel, node: str, epoch: int, shared: _Round) -> None:
+    """Send batches on one stream until the collector ends it; note every acked one."""
+    producer = Producer(channel)
+    seq = 1
+    try:
+        while True:
+            seqs = list(range(seq, seq + STOP_BATCH))
+            ack = producer.send(batch(seqs, node=node, epoch=epoch))
+            assert (ack.stored, ack.duplicates, ack.rejected) == (STOP_BATCH, 0, 0), ack
+            with shared.lock:
+                shared.acked.append([node, epoch, seqs[0], seqs[-1]])
+            seq += STOP_BATCH
+    except grpc.RpcError as err:
+        # the collector stopped: the stream was cancelled or refused (UNAVAILABLE)
+        if err.code() not in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE):
+            shared.errors.append(err)
+    except BaseException as err:
+        shared.errors.append(err)
+
+
+def stop_under_load(spec_file: str) -> None:
+    """Child-process half of test_stop_under_load_loses_no_acked_record: STOP_ROUNDS
+    times, start a collector, let STOP_PRODUCERS streams send batches, stop it mid-stream
+    (grace 0 and 1 s alternately); write every acked batch to spec["acked"]."""
+    spec = json.loads(Path(spec_file).read_text())
+    config = parse_collector_config_text(Path(spec["config"]).read_text(), spec["config"])
+    root = Path(spec["ca"]).read_bytes()
+    nodes = {
+        node: grpc.ssl_channel_credentials(
+            root_certificates=root,
+            private_key=Path(key).read_bytes(),
+            certificate_chain=Path(cert).read_bytes(),
+        )
+        for node, (cert, key) in spec["nodes"].items()
+    }
+    with Path(spec["acked"]).open("w") as out:
+        for round_ in range(STOP_ROUNDS):
+            out.write(json.dumps(_stop_round(config, nodes, round_)) + "\n")
+            out.flush()
+
+
+def _stop_round(
+    config: CollectorConfig, nodes: dict[str, grpc.ChannelCredentials], round_: int
+) -> list[list[Any]]:
+    server = CollectorServer(config)
+    server.start()
+    shared = _Round([], [], threading.Lock())
+    channels: list[grpc.Channel] = []
+    threads = []
+    names = sorted(nodes)
+    for i in range(STOP_PRODUCERS):
+        node = names[i % len(names)]
+        channel = grpc.secure_channel(f"127.0.0.1:{server.port}", nodes[node])
+        channels.append(channel)
+        epoch = round_ * 100 + i + 1  # one epoch per stream: no shared keys
+        threads.append(
+            threading.Thread(target=_stream_until_stopped, args=(channel, node, epoch, shared))
+        )
+    try:
+        for thread in threads:
+            thread.start()
+        wait_for(lambda: len(shared.acked) >= 2 * STOP_PRODUCERS, "batches acked")
+        server.stop(grace_s=0 if round_ % 2 == 0 else 1.0)
+        for thread in threads:
+            thread.join(TIMEOUT)
+        assert not any(t.is_alive() for t in threads), "a producer was not ended"
+        assert shared.errors == []
+    finally:
+        server.stop(grace_s=0)
+        for channel in channels:
+            channel.close()
+    return shared.acked
+
+
+def test_stop_under_load_loses_no_acked_record(tmp_path: Path, certs: Certs) -> None:
+    """Stop the collector while four producers stream batches (threads), ten times, in a
+    child process: it must not crash (the store was once closed under a running insert:
+    a segfault in sqlite), and every record it acknowledged is in the store."""
+    config = tmp_path / "collector.yaml"
+    config.write_text(config_text(tmp_path, certs))
+    acked_file = tmp_path / "acked.jsonl"
+    spec = {
+        "config": str(config),
+        "ca": str(certs.ca.cert_path),
+        "nodes": {n: [str(certs.nodes[n].cert), str(certs.nodes[n].key)] for n in (NODE, OTHER)},
+        "acked": str(acked_file),
+    }
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(spec))
+    code = (
+        "import sys\n"
+        "from tests.collector.test_server import stop_under_load\n"
+        "stop_under_load(sys.argv[1])\n"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", code, str(spec_file)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert child.returncode == 0, f"child exited {child.returncode}:\n{child.stderr[-4000:]}"
+    rounds = [json.loads(line) for line in acked_file.read_text().splitlines()]
+    assert len(rounds) == STOP_ROUNDS
+    with EventStore(tmp_path / "store" / "events.db", read_only=True) as reader:
+        kept = {(e.node, e.epoch, e.seq) for e in reader.query(EventQuery(limit=None))}
+    expected = {
+        (node, epoch, seq)
+        for acked in rounds
+        for node, epoch, first, last in acked
+        for seq in range(first, last + 1)
+    }
+    assert all(len(acked) >= 2 * STOP_PRODUCERS for acked in rounds)
+    assert expected <= kept, f"{len(expected - kept)} acked records are not in the store"
 
 
 # ----------------------------------------------------------------- start-up errors --

@@ -1,20 +1,21 @@
-"""The delivery loop itself: backoff, retention that outran a sink, independence of
-sinks, lifecycle. Real store, real jsonl sinks (their failures are real: a file standing
-where the sink's directory should be)."""
+"""The delivery loop itself: backoff, retention that outran a sink, stored rows that do
+not decode, independence of sinks, lifecycle. Real store, real jsonl sinks (their failures
+are real: a file standing where the sink's directory should be)."""
 
 from __future__ import annotations
 
 import json
-import random
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from nodeguard.collector.records import Retention
 from nodeguard.collector.sinks.config import JsonlSink
-from nodeguard.collector.sinks.runner import Backoff, SinkRunner, build_runners
+from nodeguard.collector.sinks.runner import SinkRunner, build_runners
 from nodeguard.collector.sinks.sink import SinkError
 from nodeguard.collector.store import EventStore
+from nodeguard.delivery.backoff import Backoff
 from tests.collector.test_sinks_samples import (
     CLUSTER,
     insert,
@@ -36,18 +37,15 @@ def runner_for(store: EventStore, config: JsonlSink) -> SinkRunner:
     return runner
 
 
-def test_backoff_is_exponential_with_full_jitter() -> None:
-    backoff = Backoff(0.5, 30.0, random.Random(7))  # noqa: S311
-    ceilings = [0.5, 1, 2, 4, 8, 16, 30, 30, 30]
-    delays = [backoff.next_delay() for _ in ceilings]
-    for delay, ceiling in zip(delays, ceilings, strict=True):
-        assert 0.0 <= delay <= ceiling
-    assert len(set(delays)) == len(delays)  # jittered, not fixed
-    backoff.reset()
-    assert backoff.next_delay() <= 0.5
-    # over many draws the whole range is used (full jitter, not "half jitter")
-    draws = [Backoff(0.5, 30.0, random.Random(i)).next_delay() for i in range(200)]  # noqa: S311
-    assert min(draws) < 0.05 and max(draws) > 0.45
+def test_retries_use_the_producers_backoff(tmp_path: Path) -> None:
+    """The runner retries with nodeguard.delivery.backoff (exponential, full jitter; its
+    own tests are tests/unit/test_backoff.py): 0.5 s doubling up to maxRetryInterval."""
+    with open_store(tmp_path / "events.db") as store:
+        runner = runner_for(store, jsonl("x", tmp_path / "x.jsonl", maxRetryInterval=2.5))
+    backoff = runner.backoff
+    assert isinstance(backoff, Backoff)
+    assert (backoff.initial, backoff.factor, backoff.maximum) == (0.5, 2.0, 2.5)
+    assert [backoff.ceiling(n) for n in range(5)] == [0.5, 1.0, 2.0, 2.5, 2.5]
 
 
 def test_events_deleted_by_retention_first_are_counted_as_skipped(tmp_path: Path) -> None:
@@ -85,9 +83,38 @@ def test_a_failing_sink_does_not_delay_another(tmp_path: Path) -> None:
             assert down_stats.failures >= 1 and down_stats.state == "retrying"
             blocker.unlink()
             down_stats = wait_delivered(down, store)
+            assert down.backoff.attempt == 0  # reset by the delivery
     assert up_stats.failures == 0 and up_stats.delivered == 55
     assert down_stats.delivered == 55 and down_stats.state == "ok"
     assert len((blocker / "events.jsonl").read_text().splitlines()) == 55
+
+
+def test_rows_that_do_not_decode_are_skipped_and_the_cursor_moves_past_them(
+    tmp_path: Path,
+) -> None:
+    """Two stored bodies corrupted behind the store's back, one in the middle and the
+    newest: the sink delivers the others, counts the two as skipped, its cursor reaches
+    the newest row (no stall, no lag) and it goes on with events stored later."""
+    with open_store(tmp_path / "events.db") as store:
+        insert(store, many(6))
+        rowids = [e.rowid for e in stored(store)]
+        with sqlite3.connect(store.path) as conn:
+            for rowid in (rowids[2], rowids[5]):
+                conn.execute("UPDATE events SET body = ? WHERE rowid = ?", (b"\xff\x00", rowid))
+        conn.close()
+        good = [e.violation.uid for e in stored(store)]
+        runner = runner_for(store, jsonl("file", tmp_path / "out.jsonl", batchSize=2))
+        with running(runner):
+            stats = wait_delivered(runner, store)
+            assert store.cursor(runner.cursor_name) == rowids[5]
+            assert (stats.delivered, stats.skipped, stats.lag) == (4, 2, 0)
+            later = many(3, start=500)
+            insert(store, later)
+            stats = wait_delivered(runner, store)
+        assert store.stats().undecodable == 2
+    assert (stats.delivered, stats.skipped, stats.failures) == (7, 2, 0)
+    lines = (tmp_path / "out.jsonl").read_text().splitlines()
+    assert [json.loads(line)["metadata"]["uid"] for line in lines] == good + [v.uid for v in later]
 
 
 def test_lifecycle(tmp_path: Path) -> None:

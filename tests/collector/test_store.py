@@ -1,16 +1,19 @@
 """EventStore on a real SQLite file: dedup, rejections, filters, retention, cursors,
-persistence across reopen, concurrent writer and reader, unusable paths."""
+persistence across reopen, concurrent writer and reader, close while threads use it,
+rows whose body does not decode, unusable paths."""
 
 from __future__ import annotations
 
 import dataclasses
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from nodeguard.collector.records import EventQuery, Retention, StoredLoss
 from nodeguard.collector.store import EventStore, StoreError
@@ -603,3 +606,96 @@ def test_closed_store(db: Path) -> None:
         store.last_rowid()
     with pytest.raises(StoreError, match="is closed"):
         store.insert(NODE, EPOCH, [vrec(violation(1))])
+
+
+def _close_under_load(db: Path, base: int) -> None:
+    store = EventStore(db, durable=False)
+    done: list[int] = []  # seqs of inserts that returned
+    errors: list[BaseException] = []
+
+    def write(worker: int) -> None:
+        seq = base + worker * 10_000
+        try:
+            while True:
+                seqs = range(seq + 1, seq + 21)
+                assert store.insert(NODE, EPOCH, [vrec(violation(s)) for s in seqs]).stored
+                done.extend(seqs)
+                seq += 20
+        except StoreError as err:
+            assert "is closed" in err.message
+        except BaseException as err:
+            errors.append(err)
+
+    def read() -> None:
+        try:
+            while True:
+                store.read_after(max(0, store.last_rowid() - 50), 50)
+                store.stats()
+                store.wait_for_new(store.last_rowid(), 0.001)
+        except StoreError as err:
+            assert "is closed" in err.message
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(3)]
+    threads += [threading.Thread(target=read) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while len(done) < 200 and time.monotonic() < deadline:  # let them get going
+            time.sleep(0.005)
+    finally:
+        store.close()
+        for thread in threads:
+            thread.join(WAIT_S)
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == []
+    with pytest.raises(StoreError, match="is closed"):
+        store.read_after(0, 1)
+    with EventStore(db, durable=False) as reopened:
+        kept = {e.seq for e in reopened.query(EventQuery(limit=None))}
+    assert len(done) >= 200
+    assert set(done) <= kept
+
+
+def test_close_while_threads_use_the_store(db: Path) -> None:
+    """Writers and readers keep using the store while another thread closes it: close
+    waits for the uses under way, every later use fails with StoreError (never a crash,
+    never another error), and every insert that returned is in the reopened file."""
+    for attempt in range(5):
+        _close_under_load(db, attempt * 100_000)
+
+
+def _corrupt(db: Path, seq: int, body: bytes) -> None:
+    """Overwrite a stored event's body behind the store's back (raw SQL)."""
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("UPDATE events SET body = ? WHERE seq = ?", (body, seq)).rowcount == 1
+    conn.close()
+
+
+def test_undecodable_rows_are_skipped_counted_and_logged_once(store: EventStore, db: Path) -> None:
+    store.insert(NODE, EPOCH, [vrec(violation(s)) for s in range(1, 7)])
+    rowids = [e.rowid for e in store.read_after(0, 10)]
+    _corrupt(db, 2, b"\xff\xff\xff not a protobuf")
+    # valid protobuf, not a valid violation (no kind, no uid)
+    _corrupt(db, 6, pb.Violation(count=1).SerializeToString())
+    with capture_logs() as logs:
+        assert [e.seq for e in store.read_after(0, 10)] == [1, 3, 4, 5]
+        assert [e.seq for e in store.read_after(rowids[0], 2)] == [3]  # read 2, one decodes
+        span = store.read_span(0, 10)
+        assert [e.seq for e in span.events] == [1, 3, 4, 5]
+        assert (span.end_rowid, span.undecodable) == (rowids[-1], 2)
+        # past the last decodable row: nothing to hand out, but the end moves on
+        tail = store.read_span(rowids[4], 10)
+        assert (tail.events, tail.end_rowid, tail.undecodable) == ([], rowids[-1], 1)
+        empty = store.read_span(rowids[-1], 10)
+        assert (empty.events, empty.end_rowid, empty.undecodable) == ([], rowids[-1], 0)
+        assert [e.seq for e in store.query(EventQuery())] == [1, 3, 4, 5]
+    assert store.stats().undecodable == 2
+    errors = [e for e in logs if e["event"] == "store_event_undecodable"]
+    assert [(e["log_level"], e["rowid"], e["seq"]) for e in errors] == [
+        ("error", rowids[1], 2),
+        ("error", rowids[5], 6),
+    ]
+    assert all(e["error"] for e in errors)

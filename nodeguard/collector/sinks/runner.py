@@ -1,23 +1,25 @@
 """Delivery by cursor: one thread per sink moves that sink's persisted cursor through the
 store, at least once and never silently losing an event.
 
-Each :class:`SinkRunner` loops: ``read_after(cursor, batchSize)`` -> render -> send ->
-``set_cursor(last rowid sent)``. The batch in memory is the runner's queue (bounded by
+Each :class:`SinkRunner` loops: ``read_span(cursor, batchSize)`` -> render -> send ->
+``set_cursor(the span's end)``. The batch in memory is the runner's queue (bounded by
 ``batchSize``); the store is its durable backlog. A failed send keeps the batch, counts
 a failure and tries the same batch again after an exponential backoff with full jitter
-(0.5 s doubling up to ``maxRetryInterval``), so a sink that was down catches up
-afterwards and its cursor never passes an event it did not deliver. Every runner has
-its own thread, batch, backoff and counters: one sink that is down never delays another.
+(:class:`nodeguard.delivery.backoff.Backoff`, the producer's: 0.5 s doubling up to
+``maxRetryInterval``), so a sink that was down catches up afterwards and its cursor never
+passes an event it did not deliver. Every runner has its own thread, batch, backoff and
+counters: one sink that is down never delays another.
 
 Only retention can take an event from a sink: when rows were deleted before the sink
 delivered them (its cursor is below the oldest stored row), they are counted as
 ``skipped`` and logged at error, and the runner goes on from the oldest row. An event a
-sink cannot render at all (a bug, never expected) is counted the same way.
+sink cannot render at all (a bug, never expected), and a stored row whose body does not
+decode (the store skips it and logs it), are counted the same way; the cursor moves
+past them.
 """
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Sequence
@@ -34,6 +36,8 @@ from nodeguard.collector.sinks.config import (
     SyslogSink,
 )
 from nodeguard.collector.sinks.sink import Sink, SinkDeliveryError, SinkError
+from nodeguard.collector.store import EventSpan
+from nodeguard.delivery.backoff import Backoff
 
 _log = log.get("nodeguard.collector.sinks.runner")
 
@@ -51,7 +55,7 @@ State = Literal["ok", "retrying", "stopped"]
 class SinkStore(Protocol):
     """What a runner needs of :class:`nodeguard.collector.store.EventStore`."""
 
-    def read_after(self, rowid: int, limit: int) -> list[StoredEvent]: ...
+    def read_span(self, rowid: int, limit: int) -> EventSpan: ...
     def wait_for_new(self, after_rowid: int, timeout_s: float) -> bool: ...
     def last_rowid(self) -> int: ...
     def first_rowid(self) -> int: ...
@@ -64,7 +68,8 @@ class SinkStats:
     """A sink's counters since start (a snapshot). ``delivered`` counts events,
     ``batches`` successful sends, ``failures`` failed sends, ``retries`` sends of a batch
     that had failed before, ``lag`` stored events not delivered yet, ``skipped`` events
-    the sink will never deliver (deleted by retention first, or unrenderable)."""
+    the sink will never deliver (deleted by retention first, undecodable in the store,
+    or unrenderable)."""
 
     name: str
     type: str
@@ -77,27 +82,6 @@ class SinkStats:
     skipped: int
     last_error: str | None
     last_delivery_ms: int | None
-
-
-class Backoff:
-    """Exponential backoff with full jitter: the n-th delay is uniform in
-    [0, min(maximum, initial * 2**n)]."""
-
-    def __init__(
-        self, initial_s: float, maximum_s: float, rng: random.Random | None = None
-    ) -> None:
-        self.initial_s = initial_s
-        self.maximum_s = max(maximum_s, initial_s)
-        self.attempt = 0
-        self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
-
-    def next_delay(self) -> float:
-        ceiling = min(self.maximum_s, self.initial_s * 2 ** min(self.attempt, 32))
-        self.attempt += 1
-        return self._rng.uniform(0.0, ceiling)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 class SinkRunner:
@@ -120,7 +104,9 @@ class SinkRunner:
         self.batch_size = batch_size
         self.cursor_name = CURSOR_PREFIX + name
         self.idle_wait_s = idle_wait_s
-        self._backoff = Backoff(initial_retry_s, max_retry_interval_s)
+        self.backoff = Backoff(
+            initial=initial_retry_s, maximum=max(max_retry_interval_s, initial_retry_s)
+        )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -194,21 +180,22 @@ class SinkRunner:
     # ------------------------------------------------------------------ private --
 
     def _run(self) -> None:
-        batch: list[StoredEvent] = []
+        span: EventSpan | None = None  # the batch being delivered
         items: list[Any] = []
         sent_before = False  # this batch was sent (and failed) before
         try:
             while not self._stop.is_set():
-                if not batch:
+                if span is None:
                     try:
-                        batch = self._next_batch()
+                        span = self._next_span()
                     except Exception as err:
                         self._store_failed("read", err)
                         continue
-                    if not batch:
+                    if span.end_rowid <= self._cursor:  # nothing new
+                        span = None
                         self._wait_for_new()
                         continue
-                    items = self._render(batch)
+                    items = self._render(span.events)
                     sent_before = False
                 if sent_before:
                     with self._lock:
@@ -219,10 +206,10 @@ class SinkRunner:
                 except Exception as err:
                     sent_before = True
                     self._failed(err, len(items))
-                    self._stop.wait(self._backoff.next_delay())
+                    self._stop.wait(self.backoff.next_delay())
                     continue
-                self._delivered_batch(batch, len(items))
-                batch, items = [], []
+                self._delivered_span(span, len(items))
+                span, items = None, []
         finally:
             try:
                 self.sink.close()
@@ -231,9 +218,13 @@ class SinkRunner:
             with self._lock:
                 self._state = "stopped"
 
-    def _next_batch(self) -> list[StoredEvent]:
+    def _next_span(self) -> EventSpan:
         self._account_retention()
-        return self.store.read_after(self._cursor, self.batch_size)
+        span = self.store.read_span(self._cursor, self.batch_size)
+        if span.undecodable:  # the store logged each row; the sink will never send them
+            with self._lock:
+                self._skipped += span.undecodable
+        return span
 
     def _wait_for_new(self) -> None:
         try:
@@ -287,8 +278,10 @@ class SinkRunner:
                 self._skipped += bad
         return items
 
-    def _delivered_batch(self, batch: Sequence[StoredEvent], count: int) -> None:
-        cursor = batch[-1].rowid
+    def _delivered_span(self, span: EventSpan, count: int) -> None:
+        """After a send of ``count`` items (0: the span held nothing to send): move the
+        cursor to the span's end."""
+        cursor = span.end_rowid
         try:
             self.store.set_cursor(self.cursor_name, cursor)
         except Exception as err:
@@ -298,9 +291,10 @@ class SinkRunner:
         now_ms = int(time.time() * 1000)
         with self._lock:
             self._cursor = cursor
-            self._delivered += count
-            self._batches += 1
-            self._last_delivery_ms = now_ms
+            if count:
+                self._delivered += count
+                self._batches += 1
+                self._last_delivery_ms = now_ms
             self._state = "ok"
         if self._streak:
             _log.info(
@@ -310,7 +304,7 @@ class SinkRunner:
                 down_s=round(time.monotonic() - self._streak_started, 1),
             )
             self._streak = 0
-        self._backoff.reset()
+        self.backoff.reset()
 
     def _failed(self, err: BaseException, events: int) -> None:
         if isinstance(err, SinkDeliveryError):
@@ -346,8 +340,11 @@ class SinkRunner:
             )
 
     def _store_failed(self, what: str, err: BaseException) -> None:
+        if self._stop.is_set():  # stopping: the store may be closing under us
+            _log.debug("sink_store_closed", sink=self.name, operation=what, error=str(err))
+            return
         _log.error("sink_store_failed", sink=self.name, operation=what, error=str(err))
-        self._stop.wait(self._backoff.next_delay())
+        self._stop.wait(self.backoff.next_delay())
 
 
 def make_sink(config: AnySink, *, cluster: str) -> Sink[Any]:
