@@ -3,10 +3,12 @@
 The kernel's aggregates are pinned and only ever count up; the agent reports the
 difference to what it reported before. A restarted agent would otherwise start from
 zero and report every earlier attempt again. The agent writes this checkpoint (atomically,
-in its state directory) after each flush and seeds its tracker from it at start, so only
-attempts of the last flush interval before a crash can be reported twice (at least once,
-never lost). Monotonic timestamps stay valid across agent restarts on the same boot; the
-pinned maps do not survive a reboot either.
+in its state directory) after each flush and seeds its tracker from it at start. Between
+two checkpoints, the keys each loop round advanced are written into the spool in the same
+transaction as that round's records (``Spool.append(reported=)``), and seeded after the
+checkpoint: what was reported and what was spooled cannot disagree after a crash, so a
+restarted agent reports nothing twice. Monotonic timestamps stay valid across agent
+restarts on the same boot; the pinned maps do not survive a reboot either.
 """
 
 from __future__ import annotations
@@ -20,6 +22,27 @@ from nodeguard.events.aggregate import AggregationKey, CountTracker
 
 _log = log.get("nodeguard.agent.checkpoint")
 VERSION = 1
+
+
+def key_text(k: AggregationKey) -> str:
+    """A stable text form of an aggregation key (the spool's ``reported`` table key)."""
+    return f"{k.cgroup_id}:{k.policy_id}:{k.op}:{k.port}:{k.addr.hex()}:{k.protocol}:{k.family}"
+
+
+def key_of_text(text: str) -> AggregationKey:
+    cgid, pid, op, port, addr, proto, fam = text.split(":")
+    return AggregationKey(
+        int(cgid), int(pid), int(op), int(port), bytes.fromhex(addr), int(proto), int(fam)
+    )
+
+
+def seed_rows(tracker: CountTracker, rows: list[tuple[str, int, int, int]]) -> int:
+    """Seed ``tracker`` from (key text, cumulative, first_ns, at_ns) rows (the spool's
+    ``reported`` table, written with the records of each round: newer than the
+    checkpoint file). Counts only ever go up, so older rows change nothing."""
+    for text, cum, first, at in rows:
+        tracker.seed(key_of_text(text), int(cum), first_ns=int(first), at_ns=int(at))
+    return len(rows)
 
 
 def save(path: Path, tracker: CountTracker) -> None:

@@ -112,6 +112,7 @@ class Agent:
         self._pods_changed = threading.Event()
         self._ready = False
         self._reasons: list[str] = []
+        self._collector_error: str | None = None
         self.stats = DecodeStats()
         self.by_kind: Counter[str] = Counter()
         self.records = 0
@@ -156,6 +157,10 @@ class Agent:
         self._start_delivery()
         self._checkpoint_path = cfg.state_dir / "reported.json"
         seeded = checkpoint.load(self._checkpoint_path, self.builder.tracker)
+        if self.producer is not None:  # newer: written with each round's records
+            seeded += checkpoint.seed_rows(
+                self.builder.tracker, self.producer.spool.reported_rows()
+            )
         if seeded:
             _log.info("checkpoint_loaded", keys=seeded)
         self.metrics = AgentMetrics(node=cfg.node_name)
@@ -203,37 +208,42 @@ class Agent:
         if cfg.collector_address is None or cfg.collector_tls is None:
             return
         t = cfg.collector_tls
-        tls = PublisherTLS(t.ca, t.cert, t.key, t.server_name)
-        cert_node = certificate_node(t.cert)
-        if cert_node != cfg.node_name:
-            _log.error(
-                "collector_certificate_node_mismatch",
-                node=cfg.node_name,
-                certificate_node=cert_node,
-                cert=str(t.cert),
-                effect="the collector refuses this agent's records; they wait in the spool",
-                fix="use this node's certificate, or set nodeName to the certificate's node",
-            )
         spool = Spool(
             cfg.state_dir / "spool.db",
             max_bytes=cfg.spool.max_bytes,
             max_records=cfg.spool.max_records,
             chunk_records=cfg.spool.batch_records,
         )
-        publisher = Publisher(
-            spool,
-            str(cfg.collector_address),
-            node=cfg.node_name,
-            tls=tls,
-            producer="agent",
-            window=cfg.spool.window,
-            batch_records=cfg.spool.batch_records,
-        )
+        publisher: Publisher | None = None
         try:
+            tls = PublisherTLS(t.ca, t.cert, t.key, t.server_name)
+            cert_node = certificate_node(t.cert)
+            if cert_node != cfg.node_name:
+                _log.error(
+                    "collector_certificate_node_mismatch",
+                    node=cfg.node_name,
+                    certificate_node=cert_node,
+                    cert=str(t.cert),
+                    effect="the collector refuses this agent's records; they wait in the spool",
+                    fix="use this node's certificate, or set nodeName to the certificate's node",
+                )
+            publisher = Publisher(
+                spool,
+                str(cfg.collector_address),
+                node=cfg.node_name,
+                tls=tls,
+                producer="agent",
+                window=cfg.spool.window,
+                batch_records=cfg.spool.batch_records,
+            )
             publisher.start()
-        except NodeguardError:
-            spool.close()
-            raise
+        except NodeguardError as err:
+            # Enforcement never depends on delivery: without a usable link the agent
+            # still guards pods and spools every violation (sent once the link is fixed
+            # and the agent restarted); status is degraded and says why.
+            publisher = None
+            self._collector_error = f"collector link not started: {err}"
+            _log.error("collector_link_failed", error=str(err), effect="violations are spooled")
         self.producer = Producer(spool, publisher)
         _log.info(
             "collector_link_started",
@@ -636,7 +646,9 @@ class Agent:
             for (kind, verdict, policy, namespace), n in counts.items():
                 self.metrics.violation(kind, verdict, policy, namespace, n)
         if self.producer is not None:
-            self.producer.flush()
+            self.producer.flush(
+                [(checkpoint.key_text(k), c, f, a) for k, c, f, a in self.builder.take_reported()]
+            )
 
     def _userspace_lost(self) -> int:
         """Records read from the kernel that did not make it: the local log could not
@@ -692,11 +704,18 @@ class Agent:
                 self._emit(violation)
             k = self.guard.counters()
             self.events.flush()  # records first, then the checkpoint that says so
+        self._end_round()  # the round's records (residuals included) into the spool first
+        with self._lock:
             try:
                 checkpoint.save(self._checkpoint_path, self.builder.tracker)
             except OSError as err:
                 _log.warning("checkpoint_unwritable", error=str(err))
-        self._end_round()
+            else:
+                if self.producer is not None:
+                    try:
+                        self.producer.spool.clear_reported()
+                    except NodeguardError as err:
+                        _log.warning("spool_reported_uncleared", error=str(err))
         self._stream_losses(k)
         self.metrics.lost_total("kernel", k.get("ringbuf_full", 0))
         self.metrics.lost_total("userspace", self._userspace_lost())
@@ -716,6 +735,8 @@ class Agent:
                 reasons.append("policy directory: last load failed, the last good policies stay")
             if self._profile_error:
                 reasons.append(self._profile_error)
+            if self._collector_error:
+                reasons.append(self._collector_error)
             if not self._ready:
                 state: AgentState = "starting"
             else:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from nodeguard import log
 from nodeguard.delivery.framing import loss_body, telemetry_body, violation_body_bytes
@@ -166,14 +166,19 @@ class Producer:
 
     # ------------------------------------------------------------------- flush --
 
-    def flush(self) -> int:
+    def flush(self, reported: Sequence[tuple[str, int, int, int]] = ()) -> int:
         """Append everything buffered to the spool (one transaction) and wake the
         publisher. Returns the records appended. A spool that cannot be written loses
         the records: counted in :attr:`lost` (the caller reports it as user-space loss)
         and logged, never raised (delivery must not stop enforcement)."""
         with self._lock:
             if not (
-                self._violations or self._audited or self._losses or self._telemetry or self._meta
+                self._violations
+                or self._audited
+                or self._losses
+                or self._telemetry
+                or self._meta
+                or reported
             ):
                 return 0
             records: Records = {
@@ -187,7 +192,7 @@ class Producer:
             self._meta = {}
         count = sum(len(items) for items in records.values())
         try:
-            self.spool.append(records, meta=meta)
+            self.spool.append(records, meta=meta, reported=reported)
         except SpoolError as err:
             attempts = sum(a for items in records.values() for _, a in items)
             self.lost += count

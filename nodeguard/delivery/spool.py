@@ -98,7 +98,20 @@ CREATE TABLE IF NOT EXISTS loss_totals (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)
     WITHOUT ROWID;
+-- what the producer has reported per aggregation key, written with the records of the
+-- same round (see nodeguard/agent/checkpoint.py); cleared when a full checkpoint is saved
+CREATE TABLE IF NOT EXISTS reported (
+    key TEXT PRIMARY KEY,
+    cumulative INTEGER NOT NULL,
+    first_ns INTEGER NOT NULL,
+    at_ns INTEGER NOT NULL
+) WITHOUT ROWID;
 """
+_UPSERT_REPORTED = (
+    "INSERT INTO reported (key, cumulative, first_ns, at_ns) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (key) DO UPDATE SET cumulative = excluded.cumulative,"
+    " first_ns = excluded.first_ns, at_ns = excluded.at_ns"
+)
 
 _INSERT = (
     "INSERT INTO chunks (epoch, priority, first_seq, last_seq, records, attempts, size,"
@@ -327,6 +340,24 @@ class Spool:
     def next_seq(self) -> int:
         return self._next_seq
 
+    def reported_rows(self) -> list[tuple[str, int, int, int]]:
+        """The ``reported`` rows appended since the last :meth:`clear_reported`."""
+        with self._lock:
+            self._check_open()
+            rows = self._db.execute(
+                "SELECT key, cumulative, first_ns, at_ns FROM reported"
+            ).fetchall()
+            return [(str(k), int(c), int(f), int(a)) for k, c, f, a in rows]
+
+    def clear_reported(self) -> None:
+        """After a full checkpoint was saved: the rows it covers are no longer needed."""
+        with self._lock:
+            self._check_open()
+            try:
+                self._db.execute("DELETE FROM reported")
+            except sqlite3.Error as err:
+                raise self._error("clear reported", err) from err
+
     def counter(self, name: str) -> int:
         """A persistent counter (``dropped.<priority>``, ``dropped_attempts.<priority>``,
         ``rejected``, ``rejected_attempts``, or one a caller set with ``append(meta=)``)."""
@@ -362,10 +393,17 @@ class Spool:
 
     # ------------------------------------------------------------------- append --
 
-    def append(self, records: Records, *, meta: Mapping[str, int] | None = None) -> AppendResult:
+    def append(
+        self,
+        records: Records,
+        *,
+        meta: Mapping[str, int] | None = None,
+        reported: Sequence[tuple[str, int, int, int]] = (),
+    ) -> AppendResult:
         """Assign seqs to ``records`` (in order, priority by priority) and store them in one
         transaction, together with ``meta`` (persistent counters the caller keeps with
-        the records, e.g. the kernel loss count it has reported); then drop what does not
+        the records, e.g. the kernel loss count it has reported) and ``reported`` ((key,
+        cumulative, first_ns, at_ns) rows of what these records report); then drop what does not
         fit. Raises :class:`SpoolError` when the database cannot be written (nothing of
         this append is stored then)."""
         with self._lock:
@@ -412,13 +450,15 @@ class Spool:
                     )  # fmt: skip
                     appended += len(parts)
                     added += size
-            if not rows and not meta:
+            if not rows and not meta and not reported:
                 return AppendResult(0, 0)
             saved = (self._next_seq, self._records, self._bytes, dict(self._counters))
             db = self._db
             try:
                 db.execute("BEGIN IMMEDIATE")
                 db.executemany(_INSERT, rows)
+                if reported:
+                    db.executemany(_UPSERT_REPORTED, reported)
                 self._next_seq = seq
                 self._records += appended
                 self._bytes += added

@@ -125,6 +125,7 @@ class CountTracker:
 
     def __init__(self) -> None:
         self._keys: dict[AggregationKey, _KeyState] = {}
+        self._dirty: set[AggregationKey] = set()  # changed since take_dirty()
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -140,12 +141,14 @@ class CountTracker:
             state = None  # the aggregate was deleted and created again: start over
         if state is None:
             self._keys[key] = _KeyState(first_ns, cumulative, at_ns)
+            self._dirty.add(key)
             return Advance(max(0, cumulative), first_ns or at_ns)
         delta = max(0, cumulative - state.cumulative)
         since = state.at_ns
         if delta:
             state.cumulative = cumulative
             state.at_ns = at_ns
+            self._dirty.add(key)
         if not state.first_ns:
             state.first_ns = first_ns
         return Advance(delta, since)
@@ -177,10 +180,24 @@ class CountTracker:
         state = self._keys.get(key)
         return None if state is None else state.cumulative
 
+    def take_dirty(self) -> list[tuple[AggregationKey, int, int, int]]:
+        """(key, cumulative, first_ns, at_ns) of every key changed since the last call:
+        what a producer persists together with the records of the same round, so that
+        what it reported and what it spooled can never disagree after a crash."""
+        out = []
+        for key in self._dirty:
+            st = self._keys.get(key)
+            if st is not None:
+                out.append((key, st.cumulative, st.first_ns, st.at_ns))
+        self._dirty.clear()
+        return out
+
     def forget(self, key: AggregationKey) -> None:
         """Drop a key (after its map entry was deleted)."""
         self._keys.pop(key, None)
+        self._dirty.discard(key)
 
     def forget_cgroup(self, cgroup_id: int) -> None:
         for key in [k for k in self._keys if k.cgroup_id == cgroup_id]:
             del self._keys[key]
+            self._dirty.discard(key)

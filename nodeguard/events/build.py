@@ -374,6 +374,11 @@ class ViolationBuilder:
     def tracker(self) -> CountTracker:
         return self._tracker
 
+    def take_reported(self) -> list[tuple[AggregationKey, int, int, int]]:
+        """The tracker's keys changed since the last call (see CountTracker.take_dirty)."""
+        with self._lock:
+            return self._tracker.take_dirty()
+
     def from_record(self, raw: AnyRecord) -> Violation | None:
         """The violation a ring buffer record stands for, or None when every attempt it
         carries was already counted (a stale, out-of-order record)."""

@@ -1,4 +1,11 @@
-"""The nodeguard agent as a real process for node tests, as the DaemonSet runs it."""
+"""The nodeguard agent as a real process for node tests, as the DaemonSet runs it.
+
+``netns``: run the agent in a network namespace of the caller's own (a path such as
+``/run/netns/NAME``; the child setns()es into it before exec), so it reaches the
+collector only through that namespace's links. Its unix sockets (CRI, local API,
+seccomp listener) work across network namespaces, so :meth:`AgentProcess.status` still
+answers from here.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ import yaml
 from nodeguard.agent.api import AgentAPIClient, AgentUnavailable
 from nodeguard.agent.status import StatusSnapshot
 from nodeguard.lab.containerd import ContainerdRuntime
+from nodeguard.lab.netns import join_netns
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,6 +41,7 @@ class AgentProcess:
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
     overrides: dict[str, object] = field(default_factory=dict)
+    netns: str | None = None
 
     @property
     def policy_dir(self) -> Path:
@@ -68,11 +77,15 @@ class AgentProcess:
     def start(self, timeout: float = 60, *, require_ready: bool = True) -> None:
         self.write_config()
         self.starts += 1
-        log = open(self.workdir / f"agent-{self.starts}.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nodeguard", "agent", "--config", str(self.config_path)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-        )  # fmt: skip
+        netns = self.netns
+        with open(self.workdir / f"agent-{self.starts}.log", "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "nodeguard", "agent", "--config", str(self.config_path)],
+                stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                # only a setns() between fork and exec: glibc resets its locks in the child
+                # and gRPC installs no fork handlers unless GRPC_ENABLE_FORK_SUPPORT is set
+                preexec_fn=None if netns is None else (lambda: join_netns(netns)),  # noqa: PLW1509
+            )  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

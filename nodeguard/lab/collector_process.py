@@ -10,10 +10,17 @@ The health check needs a client certificate when the collector requires mutual T
 pass ``tls=ClientTLS(...)``, or let the lab issue itself one from the CA next to
 ``tls.clientCA`` (a ``nodeguard.pki`` / ``nodeguard collector certs`` directory holds
 ``ca.crt`` and ``ca.key``; that CA signs the server certificate too).
+
+``netns``: run the collector in a network namespace of the caller's own (a path such as
+``/run/netns/NAME``; the child setns()es into it before exec). The health check then runs
+in a short-lived probe process in that namespace (``python -m
+nodeguard.lab.collector_process health ...``), since this process's network cannot reach
+it; :meth:`CollectorProcess.channel` still dials from here.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import signal
@@ -21,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,10 +39,12 @@ from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from nodeguard import pki
+from nodeguard.lab.netns import join_netns
 
 REPO = Path(__file__).resolve().parents[2]
 
 _WILDCARD_DIAL = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104 - mapping, not a bind
+HEALTH_SERVICE = "nodeguard.v1.Collector"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +72,24 @@ class ClientTLS:
         return [("grpc.ssl_target_name_override", self.server_name)]
 
 
+def check_health(target: str, tls: ClientTLS | None, timeout: float = 2.0) -> bool:
+    """True when the gRPC health service at ``target`` answers SERVING for
+    nodeguard.v1.Collector (``tls`` None: a plain-text channel)."""
+    if tls is None:
+        channel = grpc.insecure_channel(target)
+    else:
+        channel = grpc.secure_channel(target, tls.credentials(), tls.options())
+    try:
+        stub = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest(service=HEALTH_SERVICE)
+        answer = stub.Check(request, timeout=timeout)
+    except grpc.RpcError:
+        return False
+    finally:
+        channel.close()
+    return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
+
+
 def _server_name(cert: x509.Certificate, dialled: str) -> str | None:
     """None when ``dialled`` is in the certificate, else a name that is (for
     ``grpc.ssl_target_name_override``)."""
@@ -87,8 +115,10 @@ class CollectorProcess:
         tls: ClientTLS | None = None,
         workdir: Path | None = None,
         extra_args: tuple[str, ...] = (),
+        netns: str | None = None,
     ) -> None:
         self.config_path = config_path
+        self.netns = netns
         self.tls = tls
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="nodeguard-collector-"))
         self.extra_args = extra_args
@@ -185,6 +215,7 @@ class CollectorProcess:
                 [sys.executable, "-m", "nodeguard", "--log-level", "info", "collector",
                  "--config", str(config), *self.extra_args],
                 stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                preexec_fn=self._preexec(),  # noqa: PLW1509 - see _preexec
             )  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -206,20 +237,38 @@ class CollectorProcess:
                 return int(item["port"])
         return None
 
+    def _preexec(self) -> Callable[[], None] | None:
+        """What a child runs before exec: join the collector's network namespace. Only a
+        setns(): glibc resets its own locks in a forked child, and gRPC installs no fork
+        handlers unless GRPC_ENABLE_FORK_SUPPORT is set, so the threads of this process
+        cannot hold anything the child needs."""
+        netns = self.netns
+        if netns is None:
+            return None
+        return lambda: join_netns(netns)
+
     def serving(self, timeout: float = 2.0) -> bool:
         """True when the gRPC health service answers SERVING for nodeguard.v1.Collector."""
         if self._port is None:
             return False
-        channel = self.channel()
+        if self.netns is None:
+            return check_health(self.target, self.tls, timeout)
+        # Our own network cannot reach the namespace: ask from a probe process inside it.
+        args = [sys.executable, "-m", "nodeguard.lab.collector_process", "health", self.target,
+                "--timeout", str(timeout)]  # fmt: skip
+        if self.tls is not None:
+            args += ["--ca", str(self.tls.ca), "--cert", str(self.tls.cert),
+                     "--key", str(self.tls.key)]  # fmt: skip
+            if self.tls.server_name is not None:
+                args += ["--server-name", self.tls.server_name]
         try:
-            stub = health_pb2_grpc.HealthStub(channel)
-            request = health_pb2.HealthCheckRequest(service="nodeguard.v1.Collector")
-            answer = stub.Check(request, timeout=timeout)
-        except grpc.RpcError:
+            probe = subprocess.run(
+                args, cwd=REPO, capture_output=True, timeout=timeout + 30,
+                preexec_fn=self._preexec(), check=False,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
             return False
-        finally:
-            channel.close()
-        return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
+        return probe.returncode == 0
 
     @property
     def running(self) -> bool:
@@ -265,3 +314,29 @@ class CollectorProcess:
             self.stop()
         finally:
             self.kill()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m nodeguard.lab.collector_process health TARGET [--ca --cert --key]``:
+    exit 0 when the collector at TARGET is SERVING, 1 otherwise (the probe that
+    :meth:`CollectorProcess.serving` runs inside a collector's network namespace)."""
+    parser = argparse.ArgumentParser(prog="python -m nodeguard.lab.collector_process")
+    sub = parser.add_subparsers(dest="command", required=True)
+    health = sub.add_parser("health", help="check the collector's gRPC health service")
+    health.add_argument("target", help="host:port")
+    health.add_argument("--ca", type=Path)
+    health.add_argument("--cert", type=Path)
+    health.add_argument("--key", type=Path)
+    health.add_argument("--server-name")
+    health.add_argument("--timeout", type=float, default=2.0)
+    args = parser.parse_args(argv)
+    tls = None
+    if args.ca is not None:
+        if args.cert is None or args.key is None:
+            parser.error("--ca needs --cert and --key")
+        tls = ClientTLS(args.ca, args.cert, args.key, args.server_name)
+    return 0 if check_health(args.target, tls, args.timeout) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

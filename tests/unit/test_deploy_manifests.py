@@ -5,6 +5,13 @@ There is no cluster here: these tests parse what `kubectl apply -k deploy/kubern
 would send, check that the DaemonSet, the agent configuration and the runtime hook agree
 on every shared path, and run the two shell scripts against temporary directories
 (docs/deploy.md, "What was not tested").
+
+The collector (deploy/kubernetes/collector/): its configuration is loaded with the
+collector's own parser, its ports, volumes and Service are matched with the agents'
+collectorAddress and collectorTLS, and a real collector is started in this process from
+that configuration, with certificates made by the command docs/deploy.md gives and laid
+out as its Secrets and node bootstrap lay them out (temporary directories stand in for the
+pod's volumes; loopback ports stand in for the Service).
 """
 
 from __future__ import annotations
@@ -12,24 +19,35 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import tomllib
+import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import grpc
 import pytest
 import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from nodeguard.agent import hook
-from nodeguard.agent.config import AgentConfig, parse_agent_config_text
+from nodeguard.agent.config import AgentConfig, HostPort, parse_agent_config_text
+from nodeguard.collector.config import CollectorConfig, is_loopback, parse_collector_config_text
+from nodeguard.collector.server import CollectorServer
+from nodeguard.collector.service import SERVICE
+from nodeguard.delivery.publisher import PublisherTLS, certificate_node
 from nodeguard.policy import compile_policies, load_policy_text
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "kubernetes"
+COLLECTOR_DIR = K8S / "collector"
+DEPLOY_DOC = REPO / "docs" / "deploy.md"
 MAKE_BASE_SPEC = DEPLOY / "containerd" / "make-base-spec.sh"
 NAMESPACE = "nodeguard"
 METRICS_PORT = 9464
@@ -44,6 +62,19 @@ EXPECTED_KINDS = {
     "daemonset.yaml": [("apps/v1", "DaemonSet")],
     "kustomization.yaml": [("kustomize.config.k8s.io/v1beta1", "Kustomization")],
 }
+
+COLLECTOR_EXPECTED_KINDS = {
+    "configmap.yaml": [("v1", "ConfigMap")],
+    "pvc.yaml": [("v1", "PersistentVolumeClaim")],
+    "deployment.yaml": [("apps/v1", "Deployment")],
+    "service.yaml": [("v1", "Service")],
+    "kustomization.yaml": [("kustomize.config.k8s.io/v1beta1", "Kustomization")],
+}
+COLLECTOR_NAME = "nodeguard-collector"
+COLLECTOR_CONFIG_PATH = "/etc/nodeguard/collector.yaml"
+# docs/deploy.md and deploy/kind/e2e.sh find the agents' pods with this label selector.
+AGENT_SELECTOR = {"app.kubernetes.io/name": "nodeguard"}
+TIMEOUT_S = 30.0
 
 # Host paths the agent pod must see at the same path as on the host: (path, read-only?).
 # None: either is fine.
@@ -154,14 +185,14 @@ def test_every_file_parses_with_the_expected_kinds(manifests: dict[str, list[Doc
 
 
 def test_everything_lives_in_the_namespace_the_hook_exempts(
-    manifests: dict[str, list[Doc]],
+    manifests: dict[str, list[Doc]], collector_manifests: dict[str, list[Doc]]
 ) -> None:
     """The hook lets the agent's own pod start while no agent answers only because its
-    namespace is exempt by default."""
+    namespace is exempt by default (the collector's pod too)."""
     assert NAMESPACE in hook.DEFAULT_EXEMPT
     ns = _one(manifests, "Namespace", NAMESPACE)
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
-    for docs in manifests.values():
+    for docs in [*manifests.values(), *collector_manifests.values()]:
         for doc in docs:
             if doc["kind"] == "Kustomization":
                 assert doc["namespace"] == NAMESPACE
@@ -169,21 +200,23 @@ def test_everything_lives_in_the_namespace_the_hook_exempts(
                 assert doc["metadata"]["namespace"] == NAMESPACE, doc["metadata"]["name"]
 
 
-def test_kustomization_lists_every_manifest(manifests: dict[str, list[Doc]]) -> None:
+def test_kustomization_lists_every_manifest(
+    manifests: dict[str, list[Doc]], collector_manifests: dict[str, list[Doc]]
+) -> None:
     (kustomization,) = manifests["kustomization.yaml"]
     resources = kustomization["resources"]
     assert len(resources) == len(set(resources))
-    assert set(resources) == set(manifests) - {"kustomization.yaml"}
+    assert set(resources) == set(manifests) - {"kustomization.yaml"} | {"collector"}
     images = {i["name"] for i in kustomization.get("images", [])}
     used = {
         c["image"].rsplit(":", 1)[0]
-        for docs in manifests.values()
+        for docs in [*manifests.values(), *collector_manifests.values()]
         for d in docs
-        if d["kind"] == "DaemonSet"
+        if d["kind"] in ("DaemonSet", "Deployment")
         for c in d["spec"]["template"]["spec"]["containers"]
         + d["spec"]["template"]["spec"].get("initContainers", [])
     }
-    assert used <= images, "every image the DaemonSet uses can be set in kustomization.yaml"
+    assert used <= images, "every image the pods use can be set in kustomization.yaml"
 
 
 # ---------------------------------------------------------------------- DaemonSet --
@@ -287,7 +320,6 @@ def test_agent_config_paths_are_the_mounted_host_paths(
         _host_mount(pod, agent, str(path))
     assert config.metrics_address is not None
     assert config.metrics_address.port == METRICS_PORT
-    assert config.collector_address is None
 
 
 def test_agent_config_matches_the_hooks_defaults(config: AgentConfig) -> None:
@@ -562,6 +594,512 @@ def test_containerd_snippet_points_at_the_scripts_output() -> None:
     default_output = re.search(r"^output=(\S+)$", MAKE_BASE_SPEC.read_text(), re.MULTILINE)
     assert default_output is not None
     assert runc["base_runtime_spec"] == default_output.group(1)
+
+
+# ------------------------------------------------------------------- collector --
+
+
+@pytest.fixture(scope="module")
+def collector_manifests() -> dict[str, list[Doc]]:
+    return {p.name: _load(p) for p in sorted(COLLECTOR_DIR.glob("*.yaml"))}
+
+
+@pytest.fixture(scope="module")
+def deployment(collector_manifests: dict[str, list[Doc]]) -> Doc:
+    return _one(collector_manifests, "Deployment", COLLECTOR_NAME)
+
+
+@pytest.fixture(scope="module")
+def collector_pod(deployment: Doc) -> Doc:
+    spec: Doc = deployment["spec"]["template"]["spec"]
+    return spec
+
+
+@pytest.fixture(scope="module")
+def collector_container(collector_pod: Doc) -> Doc:
+    found: list[Doc] = [c for c in collector_pod["containers"] if c["name"] == "collector"]
+    assert len(found) == 1, "the Deployment needs one container named 'collector'"
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def service(collector_manifests: dict[str, list[Doc]]) -> Doc:
+    return _one(collector_manifests, "Service", COLLECTOR_NAME)
+
+
+@pytest.fixture(scope="module")
+def collector_yaml(collector_manifests: dict[str, list[Doc]]) -> str:
+    text = _one(collector_manifests, "ConfigMap", COLLECTOR_NAME)["data"]["collector.yaml"]
+    assert isinstance(text, str)
+    return text
+
+
+@pytest.fixture(scope="module")
+def collector_raw(collector_yaml: str) -> Doc:
+    """The configuration as written (paths as the pod sees them)."""
+    raw: Doc = yaml.safe_load(collector_yaml)
+    return raw
+
+
+def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return selector.items() <= labels.items()
+
+
+def _service_port(service: Doc, name: str) -> Doc:
+    found: list[Doc] = [p for p in service["spec"]["ports"] if p["name"] == name]
+    assert len(found) == 1, f"Service {service['metadata']['name']}: no port named {name!r}"
+    return found[0]
+
+
+def _secret_mount(pod: Doc, container: Doc, path: str) -> tuple[Doc, str]:
+    """(volumeMount, secretName) of the Secret volume through which ``container`` sees
+    ``path``."""
+    mount, volume = _mount_covering(pod, container, path)
+    assert "secret" in volume, f"{path} must come from a Secret, not {volume}"
+    return mount, str(volume["secret"]["secretName"])
+
+
+def test_collector_files_parse_with_the_expected_kinds(
+    collector_manifests: dict[str, list[Doc]],
+) -> None:
+    assert set(collector_manifests) == set(COLLECTOR_EXPECTED_KINDS), (
+        "update COLLECTOR_EXPECTED_KINDS with the new file"
+    )
+    for name, docs in collector_manifests.items():
+        assert [(d["apiVersion"], d["kind"]) for d in docs] == COLLECTOR_EXPECTED_KINDS[name]
+
+
+def test_collector_kustomization_lists_every_manifest(
+    collector_manifests: dict[str, list[Doc]],
+) -> None:
+    """The image is set once, in ../kustomization.yaml (for agent and collector)."""
+    (kustomization,) = collector_manifests["kustomization.yaml"]
+    assert kustomization["namespace"] == NAMESPACE
+    resources = kustomization["resources"]
+    assert len(resources) == len(set(resources))
+    assert set(resources) == set(collector_manifests) - {"kustomization.yaml"}
+    assert "images" not in kustomization
+
+
+def test_collector_selectors_find_the_collector_and_never_an_agent(
+    deployment: Doc, service: Doc, daemonset: Doc
+) -> None:
+    """The agents' pods are found by app.kubernetes.io/name=nodeguard (docs, e2e.sh):
+    the collector's pod must not match it, nor the DaemonSet's selector; and the
+    Service must not send gRPC to an agent."""
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    agent_labels = daemonset["spec"]["template"]["metadata"]["labels"]
+    assert _selects(deployment["spec"]["selector"]["matchLabels"], labels)
+    assert _selects(service["spec"]["selector"], labels)
+    assert not _selects(service["spec"]["selector"], agent_labels)
+    assert not _selects(AGENT_SELECTOR, labels)
+    assert not _selects(daemonset["spec"]["selector"]["matchLabels"], labels)
+    assert _selects(AGENT_SELECTOR, agent_labels)
+
+
+def test_collector_is_a_single_writer_of_its_store(
+    collector_manifests: dict[str, list[Doc]],
+    deployment: Doc,
+    collector_pod: Doc,
+    collector_container: Doc,
+    collector_raw: Doc,
+) -> None:
+    """SQLite, one writer: one replica, Recreate (the old pod lets go of the volume
+    first), a ReadWriteOnce claim, the store on that claim."""
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    store_path = collector_raw["store"]["path"]
+    mount, volume = _mount_covering(collector_pod, collector_container, store_path)
+    assert not mount.get("readOnly", False)
+    claim = volume["persistentVolumeClaim"]["claimName"]
+    pvc = _one(collector_manifests, "PersistentVolumeClaim", claim)
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert collector_raw["store"]["durable"] is True
+
+
+def test_collector_pod_is_unprivileged(collector_pod: Doc, collector_container: Doc) -> None:
+    """The Pod Security 'restricted' settings, although the namespace admits privileged
+    pods for the agent."""
+    assert not collector_pod.get("hostNetwork", False)
+    assert not collector_pod.get("hostPID", False)
+    assert collector_pod["automountServiceAccountToken"] is False
+    security = collector_pod["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert security["runAsUser"] != 0
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert not [v for v in collector_pod["volumes"] if "hostPath" in v]
+    container_security = collector_container["securityContext"]
+    assert container_security["allowPrivilegeEscalation"] is False
+    assert container_security["readOnlyRootFilesystem"] is True
+    assert container_security["capabilities"] == {"drop": ["ALL"]}
+    assert not container_security.get("privileged", False)
+    # With a read-only root, SQLite's temporary files need a writable /tmp.
+    mount, volume = _mount_covering(collector_pod, collector_container, "/tmp/x")
+    assert mount["mountPath"] == "/tmp" and "emptyDir" in volume
+
+
+def test_collector_runs_with_the_mounted_config(
+    collector_pod: Doc, collector_container: Doc
+) -> None:
+    assert collector_container["args"] == ["collector", "--config", COLLECTOR_CONFIG_PATH]
+    mount, volume = _mount_covering(collector_pod, collector_container, COLLECTOR_CONFIG_PATH)
+    assert mount["mountPath"] == COLLECTOR_CONFIG_PATH
+    assert mount["subPath"] == "collector.yaml"
+    assert volume["configMap"]["name"] == COLLECTOR_NAME
+
+
+def test_collector_ports_agree_with_service_deployment_and_config(
+    collector_raw: Doc, collector_container: Doc, service: Doc, deployment: Doc
+) -> None:
+    grpc_port = _port_number(collector_container, "grpc")
+    metrics_port = _port_number(collector_container, "metrics")
+    assert str(collector_raw["listen"]).rsplit(":", 1)[1] == str(grpc_port)
+    assert str(collector_raw["metricsAddress"]).rsplit(":", 1)[1] == str(metrics_port)
+    for name, number in (("grpc", grpc_port), ("metrics", metrics_port)):
+        port = _service_port(service, name)
+        assert _port_number(collector_container, port["targetPort"]) == number, name
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(metrics_port)
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_collector_probes_use_http_on_the_metrics_port(
+    collector_container: Doc, collector_raw: Doc
+) -> None:
+    """The gRPC health service needs a client certificate, which a kubelet probe cannot
+    present: HTTP /healthz and /readyz on metricsAddress, which must not be loopback (the
+    kubelet probes the pod's IP)."""
+    probes = {"startupProbe": "/healthz", "livenessProbe": "/healthz", "readinessProbe": "/readyz"}
+    for probe, path in probes.items():
+        spec = collector_container[probe]
+        assert "grpc" not in spec, f"{probe}: a kubelet gRPC probe has no client certificate"
+        assert spec["httpGet"]["path"] == path, probe
+        port = _port_number(collector_container, spec["httpGet"]["port"])
+        assert port == _port_number(collector_container, "metrics"), probe
+    host = str(collector_raw["metricsAddress"]).rsplit(":", 1)[0].strip("[]")
+    assert not is_loopback(HostPort(host, 1)), "the kubelet cannot reach a loopback address"
+
+
+def test_collector_reads_its_tls_files_from_its_secret(
+    collector_pod: Doc, collector_container: Doc, collector_raw: Doc
+) -> None:
+    """tls.crt / tls.key / ca.crt: the layout of a kubernetes.io/tls Secret (and of a
+    cert-manager Certificate's Secret), all from one Secret mounted as a directory (so a
+    renewal reaches the pod)."""
+    tls = collector_raw["tls"]
+    names = set()
+    for key in ("cert", "key", "clientCA"):
+        mount, name = _secret_mount(collector_pod, collector_container, tls[key])
+        assert "subPath" not in mount and mount.get("readOnly") is True
+        assert name == "nodeguard-collector-tls"
+        names.add(PurePosixPath(tls[key]).name)
+    assert names == {"tls.crt", "tls.key", "ca.crt"}
+
+
+def test_agents_dial_the_collector_service(config: AgentConfig, service: Doc) -> None:
+    address = config.collector_address
+    assert address is not None, "configmap-agent.yaml: collectorAddress is not set"
+    meta = service["metadata"]
+    # The short form <service>.<namespace>.svc resolves with any cluster domain.
+    assert address.host == f"{meta['name']}.{meta['namespace']}.svc"
+    assert address.port == _service_port(service, "grpc")["port"]
+    assert config.collector_tls is not None
+    assert config.collector_tls.server_name is None  # the dialled name is checked
+
+
+def test_agent_collector_tls_comes_from_the_ca_secret_and_the_node(
+    pod: Doc, agent: Doc, config: AgentConfig
+) -> None:
+    """The CA, the same for every node, from a Secret; the node's own certificate and
+    key from the host (a DaemonSet cannot mount a different Secret per node), in the
+    stateDir mount."""
+    tls = config.collector_tls
+    assert tls is not None
+    mount, name = _secret_mount(pod, agent, str(tls.ca))
+    assert name == "nodeguard-collector-ca"
+    assert "subPath" not in mount and mount.get("readOnly") is True
+    assert tls.ca.name == "ca.crt"
+    for path in (tls.cert, tls.key):
+        _host_mount(pod, agent, str(path))
+        assert config.state_dir in path.parents, f"{path}: keep it under stateDir"
+    assert tls.cert.parent == tls.key.parent
+
+
+def test_agent_batches_fit_the_collector_limit(config: AgentConfig, collector_raw: Doc) -> None:
+    limit = collector_raw["limits"]["maxRecordsPerBatch"]
+    assert config.spool.batch_records <= limit
+
+
+# --------------------------------------------- collector: docs -> files -> server --
+
+
+def _doc_commands(prefix: str) -> list[list[str]]:
+    """The shell commands in docs/deploy.md that start with ``prefix`` (continuation
+    lines joined), split into words."""
+    text = re.sub(r"\\\n\s*", " ", DEPLOY_DOC.read_text(encoding="utf-8"))
+    return [
+        shlex.split(line.strip()) for line in text.splitlines() if line.strip().startswith(prefix)
+    ]
+
+
+def _options(words: list[str], name: str) -> list[str]:
+    return [words[i + 1] for i, word in enumerate(words[:-1]) if word == name]
+
+
+@pytest.fixture(scope="module")
+def documented_certs() -> tuple[str, list[str]]:
+    """(--out, --host values) of the `nodeguard collector certs` command in the docs."""
+    (words,) = _doc_commands("nodeguard collector certs --out")
+    (out,) = _options(words, "--out")
+    return out, _options(words, "--host")
+
+
+@pytest.fixture(scope="module")
+def documented_secrets() -> dict[str, dict[str, str]]:
+    """Secret name -> {key: file} of the docs' `kubectl create secret` commands."""
+    secrets: dict[str, dict[str, str]] = {}
+    for words in _doc_commands("kubectl -n nodeguard create secret generic"):
+        name = words[6]
+        if name.startswith("nodeguard-collector"):
+            files = [w.removeprefix("--from-file=") for w in words if w.startswith("--from")]
+            secrets[name] = dict(f.split("=", 1) for f in files)
+    return secrets
+
+
+def test_docs_issue_the_server_certificate_for_the_address_the_agents_dial(
+    config: AgentConfig, documented_certs: tuple[str, list[str]]
+) -> None:
+    _, hosts = documented_certs
+    assert config.collector_address is not None
+    assert hosts[0] == config.collector_address.host
+
+
+def test_docs_create_the_secrets_the_pods_mount(
+    documented_secrets: dict[str, dict[str, str]],
+    collector_raw: Doc,
+    config: AgentConfig,
+    documented_certs: tuple[str, list[str]],
+) -> None:
+    out, _ = documented_certs
+    assert set(documented_secrets) == {"nodeguard-collector-tls", "nodeguard-collector-ca"}
+    tls = collector_raw["tls"]
+    wanted = {PurePosixPath(tls[k]).name for k in ("cert", "key", "clientCA")}
+    assert set(documented_secrets["nodeguard-collector-tls"]) == wanted
+    assert config.collector_tls is not None
+    assert set(documented_secrets["nodeguard-collector-ca"]) == {config.collector_tls.ca.name}
+    for files in documented_secrets.values():
+        for source in files.values():
+            assert PurePosixPath(source).parent == PurePosixPath(out), source
+
+
+def test_docs_bootstrap_puts_the_node_certificate_where_the_agent_reads_it(
+    config: AgentConfig,
+) -> None:
+    text = DEPLOY_DOC.read_text(encoding="utf-8")
+    assert config.collector_tls is not None
+    by_host = dict(re.findall(r"^install -m \d+ node-\S+\.(crt|key) (\S+)$", text, re.M))
+    assert by_host == {"crt": str(config.collector_tls.cert), "key": str(config.collector_tls.key)}
+    # the copy pod writes the same files below its mount of stateDir
+    copy = re.search(r"hostPath: \{path: (\S+), type: DirectoryOrCreate\}", text)
+    assert copy is not None and copy.group(1) == str(config.state_dir)
+    host_mount = "/host"
+    for path in (config.collector_tls.cert, config.collector_tls.key):
+        inside = f"{host_mount}/{path.relative_to(config.state_dir)}"
+        assert f" {inside}" in text, inside
+
+
+@dataclass(frozen=True)
+class PodFiles:
+    """Temporary directories holding what the pods would see through their volumes."""
+
+    pki: Path  # the `--out` directory of the documented `nodeguard collector certs`
+    collector_mounts: dict[str, Path]  # mountPath in the collector pod -> directory
+    agent_mounts: dict[str, Path]  # mountPath in the agent pod -> directory
+
+
+def _pod_view(text: str, mounts: dict[str, Path]) -> str:
+    """``text`` with every path below a mount rewritten to its stand-in directory."""
+    for mount_path, directory in sorted(mounts.items(), key=lambda m: -len(m[0])):
+        text = text.replace(f"{mount_path}/", f"{directory}/")
+    return text
+
+
+@pytest.fixture(scope="module")
+def pod_files(
+    tmp_path_factory: pytest.TempPathFactory,
+    *,
+    documented_certs: tuple[str, list[str]],
+    documented_secrets: dict[str, dict[str, str]],
+    collector_pod: Doc,
+    collector_container: Doc,
+    pod: Doc,
+    agent: Doc,
+    config: AgentConfig,
+) -> PodFiles:
+    """Runs the documented `nodeguard collector certs` (for node-1), fills one directory
+    per Secret as the documented `kubectl create secret` commands would, and puts the
+    node's certificate where the node bootstrap puts it."""
+    root = tmp_path_factory.mktemp("pod-files")
+    out, hosts = documented_certs
+    pki = root / PurePosixPath(out).name
+    command = [sys.executable, "-m", "nodeguard", "collector", "certs", "--out", str(pki)]
+    command += [arg for host in hosts for arg in ("--host", host)]
+    command += ["--node", config.node_name]
+    made = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert made.returncode == 0, made.stderr
+    secrets: dict[str, Path] = {}
+    for name, files in documented_secrets.items():
+        secrets[name] = root / f"secret-{name}"
+        secrets[name].mkdir()
+        for key, source in files.items():
+            shutil.copyfile(pki / PurePosixPath(source).name, secrets[name] / key)
+
+    def mounts(pod_spec: Doc, container: Doc, host: Path) -> dict[str, Path]:
+        found: dict[str, Path] = {}
+        for mount in container["volumeMounts"]:
+            volume = _volumes(pod_spec)[mount["name"]]
+            if "secret" in volume:
+                found[mount["mountPath"]] = secrets[volume["secret"]["secretName"]]
+            elif "persistentVolumeClaim" in volume or "hostPath" in volume:
+                found[mount["mountPath"]] = host / mount["name"]
+                found[mount["mountPath"]].mkdir(parents=True)
+        return found
+
+    collector_mounts = mounts(collector_pod, collector_container, root / "collector")
+    agent_mounts = mounts(pod, agent, root / "node")
+    tls = config.collector_tls
+    assert tls is not None
+    state = agent_mounts[str(config.state_dir)]
+    for suffix, target in ((".crt", tls.cert), (".key", tls.key)):
+        source = f"node-{config.node_name}{suffix}"
+        placed = state / target.relative_to(config.state_dir)
+        placed.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(pki / source, placed)
+    return PodFiles(pki, collector_mounts, agent_mounts)
+
+
+@pytest.fixture(scope="module")
+def collector_config(collector_yaml: str, pod_files: PodFiles) -> CollectorConfig:
+    """The ConfigMap's configuration, loaded by the collector's parser (which checks
+    that the TLS files exist) with the pod's volumes standing in."""
+    return parse_collector_config_text(
+        _pod_view(collector_yaml, pod_files.collector_mounts), "collector/configmap.yaml"
+    )
+
+
+def test_collector_config_loads_with_the_collectors_parser(
+    collector_config: CollectorConfig, collector_raw: Doc
+) -> None:
+    assert collector_config.tls is not None and not collector_config.insecure
+    assert collector_config.listen.port == int(str(collector_raw["listen"]).rsplit(":")[1])
+    assert collector_config.metrics_address is not None
+    assert collector_config.store.durable
+    assert collector_config.limits.max_streams >= 100, "one stream per node"
+
+
+@pytest.fixture(scope="module")
+def running_collector(collector_config: CollectorConfig) -> Iterator[CollectorServer]:
+    """A collector started from the ConfigMap's configuration, on loopback ports."""
+    server = CollectorServer(
+        collector_config.model_copy(
+            update={
+                "listen": HostPort("127.0.0.1", 0),
+                "metrics_address": HostPort("127.0.0.1", 0),
+            }
+        )
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop(grace_s=0)
+
+
+def _agent_tls(config: AgentConfig, pod_files: PodFiles) -> PublisherTLS:
+    """The agent's collectorTLS, its files read through the stand-in volumes."""
+    tls = config.collector_tls
+    assert tls is not None and config.collector_address is not None
+    ca, cert, key = (
+        Path(_pod_view(str(p), pod_files.agent_mounts)) for p in (tls.ca, tls.cert, tls.key)
+    )
+    # what the agent dials is the name the server certificate is checked against
+    return PublisherTLS(ca, cert, key, server_name=config.collector_address.host)
+
+
+def _health_check(port: int, credentials: grpc.ChannelCredentials, server_name: str) -> int:
+    options = [("grpc.ssl_target_name_override", server_name)]
+    with grpc.secure_channel(f"127.0.0.1:{port}", credentials, options) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=SERVICE), timeout=TIMEOUT_S
+        )
+        return int(reply.status)
+
+
+def test_collector_from_the_configmap_answers_the_kubelets_probes(
+    running_collector: CollectorServer, collector_container: Doc
+) -> None:
+    port = running_collector.metrics_port
+    assert port is not None
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        path = collector_container[probe]["httpGet"]["path"]
+        url = f"http://127.0.0.1:{port}{path}"
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as answer:
+            assert answer.status == 200, (probe, path)
+
+
+def test_agent_with_its_node_certificate_is_served_by_the_collector(
+    running_collector: CollectorServer, config: AgentConfig, pod_files: PodFiles
+) -> None:
+    """The agent's files (CA from its Secret, the node's certificate from the host)
+    verify the collector's certificate for the Service's name, and the collector accepts
+    the node's certificate; it names the agent's node."""
+    tls = _agent_tls(config, pod_files)
+    assert certificate_node(tls.cert) == config.node_name
+    assert SERVICE == "nodeguard.v1.Collector"  # the service docs/deploy.md names
+    assert tls.server_name is not None
+    status = _health_check(running_collector.port, tls.credentials(), tls.server_name)
+    assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_grpc_health_needs_a_client_certificate_so_probes_use_http(
+    running_collector: CollectorServer, config: AgentConfig, pod_files: PodFiles
+) -> None:
+    """What a kubelet gRPC probe would get: no client certificate, no answer."""
+    tls = _agent_tls(config, pod_files)
+    assert tls.server_name is not None
+    anonymous = grpc.ssl_channel_credentials(root_certificates=tls.ca.read_bytes())
+    with pytest.raises(grpc.RpcError) as refused:
+        _health_check(running_collector.port, anonymous, tls.server_name)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+def test_kustomize_renders_agent_and_collector_with_one_image() -> None:
+    """`kubectl kustomize` (offline) renders deploy/kubernetes with collector/ in it, and
+    the top-level `images` entry reaches the collector too."""
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert rendered.returncode == 0, rendered.stderr
+    docs = [d for d in yaml.safe_load_all(rendered.stdout) if d is not None]
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert {
+        ("DaemonSet", "nodeguard"),
+        ("Deployment", COLLECTOR_NAME),
+        ("Service", COLLECTOR_NAME),
+        ("ConfigMap", COLLECTOR_NAME),
+        ("PersistentVolumeClaim", "nodeguard-collector-store"),
+    } <= kinds
+    assert all(d["metadata"].get("namespace", NAMESPACE) == NAMESPACE for d in docs)
+    images = {
+        c["image"]
+        for d in docs
+        if d["kind"] in ("DaemonSet", "Deployment")
+        for c in d["spec"]["template"]["spec"]["containers"]
+    }
+    assert len(images) == 1, images
 
 
 # --------------------------------------------------------------------- image --
