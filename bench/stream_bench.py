@@ -169,6 +169,7 @@ def run_stream_bench(bins: dict[str, Path], quick: bool) -> dict[str, Any]:
                 },
                 "eventLog": {"enabled": False},
                 "logLevel": "warning",
+                "resyncIntervalMs": 500,  # the default (AgentProcess uses 200 for tests)
             },
         )
         agent.policy_dir.mkdir(parents=True)

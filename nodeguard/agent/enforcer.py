@@ -74,6 +74,8 @@ class Enforcer:
         self.refs: dict[int, PolicyRef] = {}  # policy id -> ref, for event building
         self.pods: dict[str, PodState] = {}  # pod uid -> state
         self._by_cgid: dict[int, tuple[PodState, str | None]] = {}
+        # cgroup id -> (the index entry it was built from, its WorkloadRef): one per record
+        self._workloads: dict[int, tuple[tuple[PodState, str | None], WorkloadRef]] = {}
         self._retired: set[int] = set()  # ids to unload once nothing points at them
         self._on_pod_removed = on_pod_removed
 
@@ -209,10 +211,13 @@ class Enforcer:
             found = self._by_cgid.get(cgid)
         if found is None:
             return None
+        cached = self._workloads.get(cgid)
+        if cached is not None and cached[0] is found:  # same index entry: same answer
+            return cached[1]
         state, container_id = found
         pod = state.pod
         container = next((c for c in pod.containers if c.id == container_id), None)
-        return WorkloadRef(
+        ref = WorkloadRef(
             namespace=pod.namespace,
             pod_name=pod.name,
             pod_uid=pod.uid,
@@ -222,6 +227,10 @@ class Enforcer:
             image=container.image if container else None,
             image_id=container.image_ref if container else None,
         )
+        if len(self._workloads) >= 4096:
+            self._workloads.clear()
+        self._workloads[cgid] = (found, ref)
+        return ref
 
     def stale_cgroup_entries(self) -> list[int]:
         """cgroup_policy entries no pod of ours accounts for (pods deleted while no agent

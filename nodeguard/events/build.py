@@ -319,7 +319,7 @@ def unknown_policy(policy_id: int, verdict: Verdict) -> PolicyRef:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per record, frozen init costs 4x
 class _Template:
     """What a residual record of a key reuses from the key's last record."""
 

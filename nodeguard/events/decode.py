@@ -41,7 +41,7 @@ class DecodeStats:
         return asdict(self)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per record, frozen init costs 4x
 class RawHeader:
     op: int
     size: int
@@ -56,7 +56,7 @@ class RawHeader:
     comm: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per record, frozen init costs 4x
 class RawEgress:
     hdr: RawHeader
     addr: bytes  # 16 bytes, IPv4 as IPv4-mapped IPv6
@@ -66,7 +66,7 @@ class RawEgress:
     hook: int  # abi.Hook
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per record, frozen init costs 4x
 class RawExec:
     hdr: RawHeader
     old_pid: int
@@ -79,7 +79,7 @@ class RawExec:
         return self.path_len >= abi.PATH_MAX
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per record, frozen init costs 4x
 class RawSyscall:
     hdr: RawHeader
     nr: int  # syscall number in the caller's ABI (without abi.SYSCALL_COMPAT)
@@ -87,7 +87,7 @@ class RawSyscall:
     mechanism: int  # abi.SyscallMechanism
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per record, frozen init costs 4x
 class RawSocket:
     hdr: RawHeader
     family: int  # AF_*
@@ -96,7 +96,7 @@ class RawSocket:
     hook: int  # abi.SockHook
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per record, frozen init costs 4x
 class RawLimit:
     hdr: RawHeader
     limit: int  # abi.Limit

@@ -1,7 +1,12 @@
 """The canonical violation record, decoded from the kernel and enriched in user space.
 
 This is the one internal representation; OCSF JSON (``events/ocsf.py``), the summary
-and (later) protobuf are projections of it.
+and the ``nodeguard.v1`` protobuf (``events/wire.py``) are projections of it.
+
+The per-record classes are plain (not frozen) slotted dataclasses: a frozen dataclass's
+``__init__`` costs about 4x as much, and one of each is built per kernel record, tens of
+thousands per second. Treat them as values all the same: nothing mutates a record after
+it was built.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ class PolicyRef:
     mode: Literal["enforce", "audit"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EgressDetail:
     ip: str  # IPv4 dotted quad for IPv4 and IPv4-mapped destinations, else IPv6 text
     port: int
@@ -33,13 +38,13 @@ class EgressDetail:
     hook: Literal["connect4", "connect6", "sendmsg4", "sendmsg6"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ExecDetail:
     path: str
     truncated: bool  # path longer than the kernel checks (always denied)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SyscallDetail:
     """A denied syscall. ``seccomp-kill``: the filter killed the caller before the call
     ran; ``tracepoint``: seen at sys_enter under audit, the call went ahead."""
@@ -50,7 +55,7 @@ class SyscallDetail:
     mechanism: SyscallMechanism
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SocketDetail:
     """A denied socket(family, type, protocol)."""
 
@@ -63,7 +68,7 @@ class SocketDetail:
     hook: SocketHook
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LimitDetail:
     """A broken process budget. ``budget`` is maxProcesses or the rate per second;
     ``burst`` only for rates. None: not known (a residual record of a key whose records
@@ -75,7 +80,7 @@ class LimitDetail:
     observed_processes: int | None  # live processes in the pod when it was broken
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ProcessInfo:
     """Best-effort enrichment from /proc (the process may already be gone)."""
 
@@ -101,7 +106,7 @@ class WorkloadRef:
     image_id: str | None = None  # resolved image id (CRI imageRef, sha256:...)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Violation:
     """One record. Exactly one of the details (``egress``, ``exec``, ``syscall``,
     ``socket``, ``limit``) is set: the one named by ``kind``."""
