@@ -24,6 +24,7 @@ enforcing (pinned) until the next agent adopts it.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import queue
 import signal
@@ -257,6 +258,12 @@ class Agent:
     def run(self) -> int:
         self._install_signals()
         self.start()
+        # Per kernel record the loop allocates a handful of short-lived, acyclic objects;
+        # with the default thresholds the cyclic GC runs every 700 allocations and walks
+        # the long-lived start-up objects (BCC, policies, protobuf) each time. Freeze
+        # those and collect less often (bench --only stream: agent CPU 0.97 -> 0.91 cores).
+        gc.freeze()
+        gc.set_threshold(20_000, 50, 100)
         next_resync = time.monotonic()
         fast_until = 0.0  # after a pod cgroup event: resync every FAST_RESYNC_S for a while
         next_flush = time.monotonic() + FLUSH_INTERVAL_S

@@ -25,7 +25,7 @@ from nodeguard.delivery.framing import loss_body, telemetry_body, violation_body
 from nodeguard.delivery.publisher import Publisher, PublisherStats
 from nodeguard.delivery.spool import Records, Spool, SpoolError
 from nodeguard.events.model import Violation
-from nodeguard.events.wire import priority_of, to_proto
+from nodeguard.events.wire import WireEncoder, priority_of
 from nodeguard.proto.nodeguard.v1 import events_pb2 as pb
 
 _log = log.get("nodeguard.delivery.producer")
@@ -56,6 +56,7 @@ class Producer:
         flush_records: int = DEFAULT_FLUSH_RECORDS,
     ) -> None:
         self.spool = spool
+        self._encoder = WireEncoder()
         self.publisher = publisher
         self.flush_records = flush_records
         self._lock = threading.Lock()
@@ -75,7 +76,7 @@ class Producer:
 
     def add_violation(self, v: Violation) -> None:
         """Buffer one violation (priority: audited or blocked)."""
-        data = to_proto(v).SerializeToString()
+        data = self._encoder.encode(v)
         item = (violation_body_bytes(data), v.count)
         audited = priority_of(v) == pb.PRIORITY_AUDIT
         with self._lock:

@@ -66,8 +66,8 @@ class ProcessEnricher:
         self._recheck_s = min(recheck_s, ttl_s)
         self._now = now
         self._cache: OrderedDict[_CacheKey, tuple[float, _ExeCmd]] = OrderedDict()
-        # pid -> (checked until, exe, cmd_line, ppid): the no-/proc fast path
-        self._recent: dict[int, tuple[float, str | None, str | None, int | None]] = {}
+        # pid -> (checked until, the last ProcessInfo answered): the no-/proc fast path
+        self._recent: dict[int, tuple[float, ProcessInfo]] = {}
 
     def lookup(self, pid: int, tid: int, comm: str, *, fresh: bool = False) -> ProcessInfo:
         """Kernel facts (pid, tid, comm) always; exe, cmd_line, ppid when readable."""
@@ -78,9 +78,15 @@ class ProcessEnricher:
         if not fresh:
             hit = self._recent.get(pid)
             if hit is not None and hit[0] > now:
-                return ProcessInfo(
-                    pid=pid, tid=tid, name=comm, path=hit[1], cmd_line=hit[2], ppid=hit[3]
-                )
+                last = hit[1]
+                if last.tid == tid and last.name == comm:
+                    return last  # the same object: callers may cache what they derive
+                info = ProcessInfo(
+                    pid=pid, tid=tid, name=comm, path=last.path, cmd_line=last.cmd_line,
+                    ppid=last.ppid,
+                )  # fmt: skip
+                self._recent[pid] = (hit[0], info)
+                return info
         try:
             proc = psutil.Process(pid)
             with proc.oneshot():
@@ -94,10 +100,11 @@ class ProcessEnricher:
             self._recent.pop(pid, None)
             return base
         exe, cmd_line = exe_cmd
+        info = ProcessInfo(pid=pid, tid=tid, name=comm, path=exe, cmd_line=cmd_line, ppid=ppid)
         if len(self._recent) >= self._max:
             self._recent.clear()  # bounded; refilled by the next lookups
-        self._recent[pid] = (now + self._recheck_s, exe, cmd_line, ppid)
-        return ProcessInfo(pid=pid, tid=tid, name=comm, path=exe, cmd_line=cmd_line, ppid=ppid)
+        self._recent[pid] = (now + self._recheck_s, info)
+        return info
 
     def _get(self, key: _CacheKey) -> _ExeCmd | None:
         hit = self._cache.get(key)

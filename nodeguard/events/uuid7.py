@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 _RAND_BITS = 74  # 12 bits rand_a + 62 bits rand_b
 _RAND_MAX = (1 << _RAND_BITS) - 1
-_MAX_STEP = 1 << 32  # random increment within a millisecond: keeps ~2^42 ids/ms of room
+_STEP_BITS = 32  # random increment within a millisecond (< 2^32): keeps ~2^42 ids/ms of room
 _MS_MAX = (1 << 48) - 1
 _VERSION = 7
 _VARIANT = 0b10
@@ -75,7 +75,7 @@ class Uuid7Generator:
                 # Same (or an earlier, after a clock step back) millisecond: stay on the
                 # last one and count up; borrow the next millisecond if the bits run out.
                 ms = self._last_ms
-                rand = self._last_rand + 1 + _rng.randrange(_MAX_STEP)
+                rand = self._last_rand + 1 + _rng.getrandbits(_STEP_BITS)
                 if rand > _RAND_MAX:
                     ms += 1
                     rand = _rng.getrandbits(_RAND_BITS - 1)  # leave room to count up

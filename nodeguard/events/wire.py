@@ -49,6 +49,13 @@ def priority_of(v: Violation) -> int:
 
 def to_proto(v: Violation, out: pb.Violation | None = None) -> pb.Violation:
     m = out if out is not None else pb.Violation()
+    _fill_varying(m, v)
+    _fill_common(m, v)
+    return m
+
+
+def _fill_varying(m: pb.Violation, v: Violation) -> None:
+    """The fields that change from record to record (and the detail)."""
     m.uid = v.uid
     m.sequence = v.sequence
     m.kind = KIND_TO_PB[v.kind]  # type: ignore[assignment]
@@ -57,6 +64,44 @@ def to_proto(v: Violation, out: pb.Violation | None = None) -> pb.Violation:
     m.count = v.count
     m.verdict = VERDICT_TO_PB[v.verdict]  # type: ignore[assignment]
     m.cgroup_id = v.cgroup_id
+    if v.egress is not None:
+        e = v.egress
+        me = m.egress
+        me.ip, me.port, me.protocol, me.family, me.hook = e.ip, e.port, e.protocol, e.family, e.hook
+    elif v.exec is not None:
+        m.exec.path = v.exec.path
+        m.exec.truncated = v.exec.truncated
+        m.exec.SetInParent()
+    elif v.syscall is not None:
+        s = v.syscall
+        ms = m.syscall
+        ms.name, ms.number, ms.arch, ms.mechanism = s.name, s.number, s.arch, s.mechanism
+    elif v.socket is not None:
+        so = v.socket
+        mso = m.socket
+        mso.family = so.family
+        mso.family_number = so.family_number
+        mso.type = so.type
+        mso.type_number = so.type_number
+        mso.protocol = so.protocol
+        if so.protocol_name is not None:
+            mso.protocol_name = so.protocol_name
+        mso.hook = so.hook
+    elif v.limit is not None:
+        li = v.limit
+        ml = m.limit
+        ml.limit = li.limit
+        if li.budget is not None:
+            ml.budget = li.budget
+        if li.burst is not None:
+            ml.burst = li.burst
+        if li.observed_processes is not None:
+            ml.observed_processes = li.observed_processes
+        ml.SetInParent()
+
+
+def _fill_common(m: pb.Violation, v: Violation) -> None:
+    """The fields records of one process of one pod under one policy share."""
     p = v.process
     mp = m.process
     mp.pid = p.pid
@@ -95,41 +140,41 @@ def to_proto(v: Violation, out: pb.Violation | None = None) -> pb.Violation:
             mw.image_id = w.image_id
     if v.node is not None:
         m.node = v.node
-    if v.egress is not None:
-        e = v.egress
-        me = m.egress
-        me.ip, me.port, me.protocol, me.family, me.hook = e.ip, e.port, e.protocol, e.family, e.hook
-    elif v.exec is not None:
-        m.exec.path = v.exec.path
-        m.exec.truncated = v.exec.truncated
-        m.exec.SetInParent()
-    elif v.syscall is not None:
-        s = v.syscall
-        ms = m.syscall
-        ms.name, ms.number, ms.arch, ms.mechanism = s.name, s.number, s.arch, s.mechanism
-    elif v.socket is not None:
-        so = v.socket
-        mso = m.socket
-        mso.family = so.family
-        mso.family_number = so.family_number
-        mso.type = so.type
-        mso.type_number = so.type_number
-        mso.protocol = so.protocol
-        if so.protocol_name is not None:
-            mso.protocol_name = so.protocol_name
-        mso.hook = so.hook
-    elif v.limit is not None:
-        li = v.limit
-        ml = m.limit
-        ml.limit = li.limit
-        if li.budget is not None:
-            ml.budget = li.budget
-        if li.burst is not None:
-            ml.burst = li.burst
-        if li.observed_processes is not None:
-            ml.observed_processes = li.observed_processes
-        ml.SetInParent()
-    return m
+
+
+class WireEncoder:
+    """Serialized ``pb.Violation`` bytes, fast: the part records share (process, policy,
+    workload, node: fields 9-12) is serialized once per distinct set of those objects and
+    reused; only the rest is serialized per record. Protobuf parses concatenated
+    serializations as one merged message and the two parts share no field, so
+    ``pb.Violation.FromString(encode(v)) == to_proto(v)``. Cache entries hold the objects
+    they were made from and are checked by identity, so a recycled ``id()`` never
+    matches. Safe to call from several threads (the worst case is a duplicate entry)."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._max = max_entries
+        self._cache: dict[
+            tuple[int, int, int, str | None], tuple[object, object, object, bytes]
+        ] = {}
+
+    def encode(self, v: Violation) -> bytes:
+        key = (id(v.policy), id(v.workload), id(v.process), v.node)
+        hit = self._cache.get(key)
+        if (
+            hit is None
+            or hit[0] is not v.policy
+            or hit[1] is not v.workload
+            or hit[2] is not v.process
+        ):
+            common = pb.Violation()
+            _fill_common(common, v)
+            if len(self._cache) >= self._max:
+                self._cache.clear()
+            hit = (v.policy, v.workload, v.process, common.SerializeToString())
+            self._cache[key] = hit
+        m = pb.Violation()
+        _fill_varying(m, v)
+        return hit[3] + m.SerializeToString()
 
 
 def _opt(msg: object, name: str) -> object | None:
