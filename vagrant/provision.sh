@@ -307,6 +307,43 @@ EOF
     node_kubectl apply -k "$dir/kind"
 }
 
+# The collector link (docs/deploy.md, "The collector"): a private CA, the collector's server
+# certificate for its Service name and this node's client certificate, made by the image's
+# own `nodeguard collector certs`. The node's pair goes where the DaemonSet reads it
+# (/var/lib/nodeguard/pki on the node); the CA and the server pair become the two Secrets.
+# Idempotent: an existing node certificate and Secrets are kept.
+collector_pki() {
+    local node dir
+    node=$(control_plane)
+    if docker exec "$node" test -s /var/lib/nodeguard/pki/node.crt &&
+        node_kubectl -n nodeguard get secret nodeguard-collector-tls >/dev/null 2>&1; then
+        log "collector certificates exist"
+        return
+    fi
+    dir=$(mktemp -d)
+    log "nodeguard collector certs (CA, collector server certificate, node $node)"
+    docker run --rm --user 0 -v "$dir:/out" "$IMAGE" collector certs --out /out \
+        --host nodeguard-collector.nodeguard.svc \
+        --host nodeguard-collector.nodeguard.svc.cluster.local --node "$node"
+    docker exec "$node" mkdir -p /var/lib/nodeguard/pki /tmp/nodeguard-pki
+    docker exec -i "$node" sh -c 'cat >/var/lib/nodeguard/pki/node.crt' <"$dir/node-$node.crt"
+    docker exec -i "$node" sh -c 'umask 077; cat >/var/lib/nodeguard/pki/node.key' <"$dir/node-$node.key"
+    for f in ca.crt server.crt server.key; do
+        docker exec -i "$node" sh -c "umask 077; cat >/tmp/nodeguard-pki/$f" <"$dir/$f"
+    done
+    rm -rf "$dir"
+    node_kubectl create namespace nodeguard --dry-run=client -o yaml | node_kubectl apply -f -
+    node_kubectl -n nodeguard create secret generic nodeguard-collector-tls \
+        --from-file=tls.crt=/tmp/nodeguard-pki/server.crt \
+        --from-file=tls.key=/tmp/nodeguard-pki/server.key \
+        --from-file=ca.crt=/tmp/nodeguard-pki/ca.crt --dry-run=client -o yaml |
+        node_kubectl apply -f -
+    node_kubectl -n nodeguard create secret generic nodeguard-collector-ca \
+        --from-file=ca.crt=/tmp/nodeguard-pki/ca.crt --dry-run=client -o yaml |
+        node_kubectl apply -f -
+    docker exec "$node" rm -rf /tmp/nodeguard-pki
+}
+
 wait_daemonset() {
     log "waiting for DaemonSet nodeguard/nodeguard (BCC compiles the programs at agent start)"
     node_kubectl -n nodeguard rollout status daemonset/nodeguard --timeout=300s ||
@@ -374,6 +411,7 @@ step_kind() {
     done
     log "kind load docker-image $IMAGE"
     kind load docker-image "$IMAGE" --name "$CLUSTER"
+    collector_pki
     deploy_nodeguard
     wait_daemonset
     for node in $nodes; do
