@@ -75,7 +75,7 @@ from nodeguard.bpf.guard import (
 from nodeguard.bpf.probe import run_probes
 from nodeguard.delivery.producer import Producer
 from nodeguard.delivery.publisher import Publisher, PublisherStats, PublisherTLS, certificate_node
-from nodeguard.delivery.spool import Spool
+from nodeguard.delivery.spool import Spool, SpoolStats
 from nodeguard.errors import NodeguardError
 from nodeguard.events.aggregate import CountTracker
 from nodeguard.events.build import ViolationBuilder
@@ -813,6 +813,12 @@ class Agent:
                 last_loaded_at=self.store.snapshot().loaded_at,
             )
             collector = collector_link(link)
+            if link is None and self.producer is not None:  # configured, link not started
+                collector = spool_only_link(
+                    self.producer.spool.stats(),
+                    str(self.config.collector_address),
+                    self._collector_error,
+                )
             return StatusSnapshot(
                 agent=health,
                 kernel=self._kernel_info,
@@ -822,6 +828,27 @@ class Agent:
                 policy_dir=pdir,
                 collector=collector,
             )
+
+
+def spool_only_link(spool: SpoolStats, address: str, error: str | None) -> CollectorLink:
+    """The status view when a collector is configured but its link could not start: the
+    spool still takes every record."""
+    oldest = None if spool.oldest_ms is None else max(0.0, time.time() - spool.oldest_ms / 1000)
+    return CollectorLink(
+        state="disconnected",
+        address=address,
+        epoch=spool.epoch,
+        rejected=spool.rejected,
+        rejected_attempts=spool.rejected_attempts,
+        spool_path=spool.path,
+        spool_records=spool.records,
+        spool_bytes=spool.bytes,
+        spool_max_bytes=spool.max_bytes,
+        spool_oldest_age_s=oldest,
+        dropped=dict(spool.dropped),
+        dropped_attempts=spool.dropped_attempts_total,
+        last_error=error,
+    )
 
 
 def collector_link(stats: PublisherStats | None) -> CollectorLink:

@@ -342,3 +342,37 @@ def test_restart_with_a_broken_policy_directory_keeps_enforcing(
     (agent.policy_dir / "research-agent.yaml").write_text(policy_yaml())
     agent.wait_for(lambda s: s.agent.state == "ready" and any(p.policy for p in s.pods))
     assert connect(kubelet, pod, server, "c3") != 0
+
+
+def test_without_its_collector_certificate_the_agent_still_enforces_and_spools(
+    runtime: ContainerdRuntime, kubelet: KubeletSim, server: str, tmp_path: Path
+) -> None:
+    """Enforcement never depends on delivery: a collector link that cannot start (here:
+    the node certificate is missing) leaves the agent guarding pods, spooling every
+    violation and saying why it is degraded."""
+    missing = tmp_path / "pki"
+    proc = AgentProcess(
+        runtime,
+        tmp_path / "agent",
+        overrides={
+            "collectorAddress": "127.0.0.1:9",
+            "collectorTLS": {
+                "ca": str(missing / "ca.crt"),
+                "cert": str(missing / "node.crt"),
+                "key": str(missing / "node.key"),
+            },
+        },
+    )
+    proc.policy_dir.mkdir(parents=True)
+    (proc.policy_dir / "research-agent.yaml").write_text(policy_yaml())
+    try:
+        proc.start(require_ready=False)
+        guarded = kubelet.run_pod("agents", "research-nocert", {"app": "research-agent"})
+        assert connect(kubelet, guarded, server) != 0
+        snap = proc.wait_for(lambda s: s.collector.spool_records >= 1, timeout=15)
+        assert snap.agent.state == "degraded"
+        assert any("collector link not started" in r for r in snap.agent.reasons), snap.agent
+        assert any("node.crt" in r for r in snap.agent.reasons)
+        assert {p.name: p.policy for p in snap.pods}["research-nocert"] == "research-agent"
+    finally:
+        proc.teardown()
