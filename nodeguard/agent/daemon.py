@@ -245,7 +245,7 @@ class Agent:
             publisher = None
             self._collector_error = f"collector link not started: {err}"
             _log.error("collector_link_failed", error=str(err), effect="violations are spooled")
-        self.producer = Producer(spool, publisher)
+        self.producer = Producer(spool, publisher, reported=self._reported_rows)
         _log.info(
             "collector_link_started",
             address=str(cfg.collector_address),
@@ -653,9 +653,11 @@ class Agent:
             for (kind, verdict, policy, namespace), n in counts.items():
                 self.metrics.violation(kind, verdict, policy, namespace, n)
         if self.producer is not None:
-            self.producer.flush(
-                [(checkpoint.key_text(k), c, f, a) for k, c, f, a in self.builder.take_reported()]
-            )
+            self.producer.flush()
+
+    def _reported_rows(self) -> list[tuple[str, int, int, int]]:
+        """The tracker keys advanced since the last spool append (see checkpoint.py)."""
+        return [(checkpoint.key_text(k), c, f, a) for k, c, f, a in self.builder.take_reported()]
 
     def _userspace_lost(self) -> int:
         """Records read from the kernel that did not make it: the local log could not

@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from nodeguard import log
 from nodeguard.delivery.framing import loss_body, telemetry_body, violation_body_bytes
@@ -54,8 +54,12 @@ class Producer:
         publisher: Publisher | None = None,
         *,
         flush_records: int = DEFAULT_FLUSH_RECORDS,
+        reported: Callable[[], Sequence[tuple[str, int, int, int]]] | None = None,
     ) -> None:
         self.spool = spool
+        # what the records appended so far report (the agent's changed tracker keys):
+        # taken at every flush, so it is committed with exactly those records
+        self._take_reported = reported
         self._encoder = WireEncoder()
         self.publisher = publisher
         self.flush_records = flush_records
@@ -75,8 +79,18 @@ class Producer:
     # ----------------------------------------------------------------- records --
 
     def add_violation(self, v: Violation) -> None:
-        """Buffer one violation (priority: audited or blocked)."""
-        data = self._encoder.encode(v)
+        """Buffer one violation (priority: audited or blocked). One that cannot be encoded
+        (a bug; text is cleaned where it is read) is counted as lost, never raised."""
+        try:
+            data = self._encoder.encode(v)
+        except (ValueError, TypeError) as err:  # UnicodeError is a ValueError
+            self.lost += 1
+            self.lost_attempts += v.count
+            now = time.monotonic()
+            if now - self._last_error_log >= ERROR_LOG_INTERVAL_S:
+                self._last_error_log = now
+                _log.error("violation_unencodable", uid=v.uid, error=str(err))
+            return
         item = (violation_body_bytes(data), v.count)
         audited = priority_of(v) == pb.PRIORITY_AUDIT
         with self._lock:
@@ -167,11 +181,12 @@ class Producer:
 
     # ------------------------------------------------------------------- flush --
 
-    def flush(self, reported: Sequence[tuple[str, int, int, int]] = ()) -> int:
+    def flush(self) -> int:
         """Append everything buffered to the spool (one transaction) and wake the
         publisher. Returns the records appended. A spool that cannot be written loses
         the records: counted in :attr:`lost` (the caller reports it as user-space loss)
         and logged, never raised (delivery must not stop enforcement)."""
+        reported = self._take_reported() if self._take_reported is not None else ()
         with self._lock:
             if not (
                 self._violations
@@ -195,9 +210,11 @@ class Producer:
         try:
             self.spool.append(records, meta=meta, reported=reported)
         except SpoolError as err:
-            attempts = sum(a for items in records.values() for _, a in items)
-            self.lost += count
-            self.lost_attempts += attempts
+            # violations lost (loss and telemetry records are not violations: they are
+            # restated by the next report)
+            kept = (pb.PRIORITY_VIOLATION, pb.PRIORITY_AUDIT)
+            self.lost += sum(len(records[p]) for p in kept)
+            self.lost_attempts += sum(a for p in kept for _, a in records[p])
             now = time.monotonic()
             if now - self._last_error_log >= ERROR_LOG_INTERVAL_S:
                 self._last_error_log = now

@@ -28,11 +28,29 @@ _CacheKey = tuple[int, float]  # (pid, start time)
 _ExeCmd = tuple[str | None, str | None]  # (exe, cmd_line)
 
 
+# A process controls its own command line (up to several MiB of argv) and its bytes:
+# records carry at most this much of either, as valid UTF-8, so no record can be too big
+# for the collector or unencodable (psutil hands invalid bytes over as lone surrogates).
+MAX_CMD_LINE = 4096
+MAX_PATH = 4096
+TRUNCATED = "…[truncated]"
+
+
+def clean_text(text: str, limit: int) -> str:
+    """``text`` as valid UTF-8 (invalid bytes replaced) of at most ``limit`` characters."""
+    if not text.isascii():
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if len(text) > limit:
+        text = text[: limit - len(TRUNCATED)] + TRUNCATED
+    return text
+
+
 def _exe(proc: psutil.Process) -> str | None:
     try:
-        return proc.exe() or None
+        exe = proc.exe()
     except _READ_ERRORS:
         return None
+    return clean_text(exe, MAX_PATH) if exe else None
 
 
 def _cmd_line(proc: psutil.Process) -> str | None:
@@ -40,7 +58,7 @@ def _cmd_line(proc: psutil.Process) -> str | None:
         argv = proc.cmdline()
     except _READ_ERRORS:
         return None
-    return " ".join(argv) if argv else None
+    return clean_text(" ".join(argv), MAX_CMD_LINE) if argv else None
 
 
 def _ppid(proc: psutil.Process) -> int | None:
@@ -81,12 +99,14 @@ class ProcessEnricher:
                 last = hit[1]
                 if last.tid == tid and last.name == comm:
                     return last  # the same object: callers may cache what they derive
-                info = ProcessInfo(
-                    pid=pid, tid=tid, name=comm, path=last.path, cmd_line=last.cmd_line,
-                    ppid=last.ppid,
-                )  # fmt: skip
-                self._recent[pid] = (hit[0], info)
-                return info
+                if last.name == comm:  # another thread of the same image
+                    info = ProcessInfo(
+                        pid=pid, tid=tid, name=comm, path=last.path, cmd_line=last.cmd_line,
+                        ppid=last.ppid,
+                    )  # fmt: skip
+                    self._recent[pid] = (hit[0], info)
+                    return info
+                fresh = True  # comm changed: an exec; read the new image's details
         try:
             proc = psutil.Process(pid)
             with proc.oneshot():

@@ -364,15 +364,28 @@ def test_enricher_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     e = ProcessEnricher(ttl_s=2.0, now=lambda: now[0])
     pid = os.getpid()
     first = e.lookup(pid, pid, "a")
-    second = e.lookup(pid, pid, "b")
+    second = e.lookup(pid, pid + 1, "a")
     assert len(calls) == 1
     assert second.path == first.path
-    assert second.name == "b"  # kernel facts always come from the record
+    assert second.tid == pid + 1  # kernel facts always come from the record
+    assert e.lookup(pid, pid, "a") is e.lookup(pid, pid, "a")  # repeat hits: same object
+    assert len(calls) == 1
     e.lookup(pid, pid, "a", fresh=True)  # exec records bypass the cache
     assert len(calls) == 2
-    now[0] = 10.0
-    e.lookup(pid, pid, "a")
+    renamed = e.lookup(pid, pid, "b")  # another comm: an exec happened, read again
     assert len(calls) == 3
+    assert renamed.name == "b"
+    now[0] = 10.0
+    e.lookup(pid, pid, "b")
+    assert len(calls) == 4
+
+
+def test_enricher_cleans_and_bounds_text() -> None:
+    assert enrich_mod.clean_text("sh \udcff", 100) == "sh \ufffd"  # invalid byte -> U+FFFD
+    long = enrich_mod.clean_text("x" * 10_000, enrich_mod.MAX_CMD_LINE)
+    assert len(long) == enrich_mod.MAX_CMD_LINE
+    assert long.endswith(enrich_mod.TRUNCATED)
+    assert enrich_mod.clean_text("ok", 100) == "ok"
 
 
 def test_enricher_cache_is_bounded() -> None:

@@ -460,3 +460,33 @@ def test_a_failing_spool_loses_records_countably(open_spool: Callable[..., Spool
 def test_records_mapping_type_accepts_the_producer_lists() -> None:
     records: Records = {V: [(b"", 1)]}
     assert list(records) == [V]
+
+
+def test_an_unencodable_violation_is_counted_as_lost_not_raised(
+    open_spool: Callable[..., Spool],
+) -> None:
+    producer = Producer(open_spool())
+    bad = violation(1, count=3)
+    bad = Violation(**{**{f: getattr(bad, f) for f in bad.__slots__}, "uid": "\udcff"})
+    producer.add_violation(bad)
+    producer.add_violation(violation(2))
+    assert (producer.lost, producer.lost_attempts) == (1, 3)
+    assert producer.flush() == 1
+
+
+def test_every_flush_commits_what_its_records_report(open_spool: Callable[..., Spool]) -> None:
+    """Also the flush add_violation makes by itself when its buffer is full: the keys the
+    records advanced go into the same transaction (an agent SIGKILLed after it must not
+    report them again)."""
+    pending = [[("k1", 5, 1, 2)], [("k2", 7, 1, 3)]]
+    spool = open_spool()
+    producer = Producer(spool, flush_records=2, reported=lambda: pending.pop(0) if pending else [])
+    producer.add_violation(violation(1))
+    producer.add_violation(violation(2))  # buffer full: flushes by itself
+    assert spool.records == 2
+    assert spool.reported_rows() == [("k1", 5, 1, 2)]
+    producer.add_violation(violation(3))
+    producer.flush()
+    assert sorted(spool.reported_rows()) == [("k1", 5, 1, 2), ("k2", 7, 1, 3)]
+    spool.clear_reported()
+    assert spool.reported_rows() == []
