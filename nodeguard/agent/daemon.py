@@ -209,12 +209,25 @@ class Agent:
         if cfg.collector_address is None or cfg.collector_tls is None:
             return
         t = cfg.collector_tls
-        spool = Spool(
-            cfg.state_dir / "spool.db",
-            max_bytes=cfg.spool.max_bytes,
-            max_records=cfg.spool.max_records,
-            chunk_records=cfg.spool.batch_records,
-        )
+        try:
+            spool = Spool(
+                cfg.state_dir / "spool.db",
+                max_bytes=cfg.spool.max_bytes,
+                max_records=cfg.spool.max_records,
+                chunk_records=cfg.spool.batch_records,
+            )
+        except NodeguardError as err:
+            # Enforcement never depends on delivery: an unusable spool (corrupt file,
+            # newer schema, full or read-only disk) leaves the agent guarding pods,
+            # degraded, with the records in the local event log only.
+            self._collector_error = f"spool unusable, nothing is streamed: {err}"
+            _log.error(
+                "spool_unusable", error=str(err), effect="violations go to the local event log"
+            )
+            if not self._event_log_on:  # the records must land somewhere
+                self._event_log_on = True
+                self.events = EventLog(cfg.state_dir / "events", enabled=True)
+            return
         publisher: Publisher | None = None
         try:
             tls = PublisherTLS(t.ca, t.cert, t.key, t.server_name)
@@ -820,6 +833,12 @@ class Agent:
                     self.producer.spool.stats(),
                     str(self.config.collector_address),
                     self._collector_error,
+                )
+            elif self._collector_error is not None:  # configured, no spool either
+                collector = CollectorLink(
+                    state="disconnected",
+                    address=str(self.config.collector_address),
+                    last_error=self._collector_error,
                 )
             return StatusSnapshot(
                 agent=health,

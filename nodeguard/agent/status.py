@@ -159,7 +159,7 @@ class CollectorLink:
 
     state: CollectorState
     address: str | None = None
-    epoch: int | None = None  # this agent's sequence space (its start, unix ms)
+    epoch: int | None = None  # sequence space: start unix ms * 1000 + random 0..999
     sent: int = 0  # records sent (resends after a reconnect included)
     acked: int = 0  # records the collector acknowledged
     duplicates: int = 0  # of those, records it already had

@@ -14,7 +14,7 @@ nodeguard_collector_batches_total                counter batches acknowledged
 nodeguard_collector_records_stored_total         counter records stored
 nodeguard_collector_records_duplicate_total      counter records already stored (resent)
 nodeguard_collector_records_rejected_total       counter reason: invalid_record, batch_epoch,
-                                                         batch_order, batch_size
+                                                         batch_order
 nodeguard_collector_streams_refused_total        counter reason: no_cert, no_identity,
                                                          ambiguous_cert, wrong_node, no_node,
                                                          node_changed, malformed,
@@ -56,13 +56,12 @@ from nodeguard.collector.service import (
     REJECT_EPOCH,
     REJECT_INVALID_RECORD,
     REJECT_ORDER,
-    REJECT_SIZE,
     CollectorStats,
 )
 
 PREFIX = "nodeguard_collector"
 
-REJECT_REASONS = (REJECT_INVALID_RECORD, REJECT_EPOCH, REJECT_ORDER, REJECT_SIZE)
+REJECT_REASONS = (REJECT_INVALID_RECORD, REJECT_EPOCH, REJECT_ORDER)
 REFUSE_REASONS = (
     "no_cert",
     "no_identity",
@@ -74,6 +73,7 @@ REFUSE_REASONS = (
     "too_many_streams",
     "store_error",
     "shutting_down",
+    "batch_too_large",
 )
 
 

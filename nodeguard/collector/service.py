@@ -42,7 +42,6 @@ METHOD = "Publish"
 REJECT_INVALID_RECORD = "invalid_record"  # the store refused the record (see the ack)
 REJECT_EPOCH = "batch_epoch"  # epoch 0
 REJECT_ORDER = "batch_order"  # seqs not strictly ascending
-REJECT_SIZE = "batch_size"  # more than limits.maxRecordsPerBatch records
 
 # Refusal reason of a batch that arrives while the collector stops (metric label value).
 REFUSE_SHUTTING_DOWN = "shutting_down"
@@ -369,11 +368,6 @@ class PublishService:
 
     def _batch_problem(self, request: pb.PublishRequest) -> tuple[str, str] | None:
         records = request.records
-        if len(records) > self._max_records:
-            return REJECT_SIZE, (
-                f"batch of {len(records)} records exceeds limits.maxRecordsPerBatch "
-                f"({self._max_records}); send smaller batches"
-            )
         if request.epoch == 0:
             return REJECT_EPOCH, "batch with epoch 0; the producer epoch must be > 0"
         previous: int | None = None
@@ -395,6 +389,19 @@ class PublishService:
         if records:
             ack.first_seq = records[0].seq
             ack.last_seq = records[-1].seq
+        if len(records) > self._max_records:
+            # A configuration mismatch, not bad records: refuse the stream without an ack
+            # so the producer keeps them spooled (its status shows this error) until
+            # someone lowers its batch size or raises this limit.
+            self._refuse(
+                context,
+                "batch_too_large",
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"batch of {len(records)} records exceeds limits.maxRecordsPerBatch "
+                f"({self._max_records}): nothing of it was stored; set the producer's "
+                f"spool.batchRecords to at most {self._max_records} or raise the limit",
+                node=node,
+            )
         bad = self._batch_problem(request)
         if bad is not None:
             reason, message = bad

@@ -33,6 +33,7 @@ with the next seq of that epoch.
 from __future__ import annotations
 
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -153,6 +154,14 @@ class Batch:
 class AppendResult:
     appended: int  # records appended (loss records of the drops included)
     dropped: int  # records dropped to stay within the bounds
+
+
+def new_epoch(now_ms: int) -> int:
+    """A producer epoch: its start in unix ms, times 1000, plus three random digits, so two
+    producers of one node (an agent and a ``nodeguard run``, or two runs) that start in
+    the same millisecond do not share a sequence space: the collector dedups on (node,
+    epoch, seq), and a shared epoch would make one's records the other's duplicates."""
+    return now_ms * 1000 + secrets.randbelow(1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,7 +286,7 @@ class Spool:
         db = self._db
         self._counters: dict[str, int] = dict(db.execute("SELECT name, value FROM counters"))
         last = self._counters.get(_META_LAST_EPOCH, 0)
-        chosen = epoch if epoch is not None else max(self._clock_ms(), last + 1)
+        chosen = epoch if epoch is not None else max(new_epoch(self._clock_ms()), last + 1)
         if chosen <= 0:
             raise ValueError("the epoch must be > 0")
         row = db.execute("SELECT next_seq FROM epochs WHERE epoch = ?", (chosen,)).fetchone()

@@ -36,7 +36,7 @@ from nodeguard import log
 from nodeguard.bpf.guard import Guard, GuardLimits
 from nodeguard.delivery.producer import Producer
 from nodeguard.delivery.publisher import Publisher, PublisherTLS, certificate_node
-from nodeguard.delivery.spool import Spool
+from nodeguard.delivery.spool import Spool, new_epoch
 from nodeguard.errors import CommandError, NodeguardError
 from nodeguard.events.aggregate import CountTracker
 from nodeguard.events.build import ViolationBuilder
@@ -215,7 +215,7 @@ class RunSession:
         node = certificate_node(collector.tls.cert, collector.tls.names[1])
         started_ms = time.time_ns() // 1_000_000
         spool_dir = Path(tempfile.mkdtemp(prefix="nodeguard-run-spool-"))
-        spool = Spool(spool_dir / "spool.db", epoch=started_ms)
+        spool = Spool(spool_dir / "spool.db", epoch=new_epoch(started_ms))
         publisher = Publisher(
             spool, collector.address, node=node, tls=collector.tls, producer="run"
         )
@@ -227,7 +227,7 @@ class RunSession:
             raise
         self._spool_dir = spool_dir
         self._producer = Producer(spool, publisher)
-        _log.info("run_publishing", collector=collector.address, node=node, epoch=started_ms)
+        _log.info("run_publishing", collector=collector.address, node=node, epoch=spool.epoch)
         return node
 
     def _finish_publishing(self, wait_s: float) -> DeliveryReport | None:

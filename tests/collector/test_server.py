@@ -303,14 +303,19 @@ def test_invalid_batches_and_records_are_rejected_in_the_ack(collector: Running)
     assert rejected == {"batch_order": 2, "batch_epoch": 1, "invalid_record": 1}
 
 
-def test_a_batch_over_max_records_is_rejected(start: Callable[..., Running]) -> None:
+def test_a_batch_over_max_records_is_refused_without_an_ack(
+    start: Callable[..., Running],
+) -> None:
+    """A producer configured for bigger batches than the collector takes must keep its
+    records (no ack that would let it delete them) and learn why."""
     running = start(limits={"maxRecordsPerBatch": 3})
-    producer = running.producer()
-    ack = producer.send(batch(range(1, 5)))
-    assert (ack.stored, ack.rejected) == (0, 4)
-    assert "maxRecordsPerBatch" in ack.reject_reason
-    assert producer.send(batch(range(1, 4))).stored == 3
-    assert running.server.stats().rejected == {"batch_size": 4}
+    with pytest.raises(grpc.RpcError) as info:
+        running.producer().send(batch(range(1, 5)))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "spool.batchRecords to at most 3" in (info.value.details() or "")
+    assert stored_seqs(running.db) == []
+    assert running.producer().send(batch(range(1, 4))).stored == 3
+    assert running.server.stats().refused == {"batch_too_large": 1}
 
 
 def test_an_empty_batch_is_acknowledged(collector: Running) -> None:

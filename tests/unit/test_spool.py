@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from nodeguard.delivery import spool as spool_mod
 from nodeguard.delivery.framing import (
     loss_body,
     record_entry,
@@ -19,7 +20,7 @@ from nodeguard.delivery.framing import (
     violation_body,
 )
 from nodeguard.delivery.producer import Producer
-from nodeguard.delivery.spool import Batch, Records, Spool, SpoolError
+from nodeguard.delivery.spool import Batch, Records, Spool, SpoolError, new_epoch
 from nodeguard.events.model import EgressDetail, PolicyRef, ProcessInfo, Violation, WorkloadRef
 from nodeguard.events.wire import from_proto, to_proto
 from nodeguard.proto.nodeguard.v1 import events_pb2 as pb
@@ -85,7 +86,10 @@ class Clock:
 
 
 @pytest.fixture
-def open_spool(tmp_path: Path) -> Iterator[Callable[..., Spool]]:
+def open_spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Spool]]:
+    """Spools on a fixed clock, whose new epochs are the clock's ms exactly (the random
+    digits new_epoch adds are tested on their own)."""
+    monkeypatch.setattr(spool_mod, "new_epoch", lambda now_ms: now_ms)
     opened: list[Spool] = []
 
     def _open(name: str = "spool.db", **kw: object) -> Spool:
@@ -490,3 +494,11 @@ def test_every_flush_commits_what_its_records_report(open_spool: Callable[..., S
     assert sorted(spool.reported_rows()) == [("k1", 5, 1, 2), ("k2", 7, 1, 3)]
     spool.clear_reported()
     assert spool.reported_rows() == []
+
+
+def test_new_epochs_of_one_millisecond_differ() -> None:
+    """Two producers of a node starting in the same millisecond (an agent and a
+    `nodeguard run`) must not share an epoch: the collector dedups on (node, epoch, seq)."""
+    epochs = {new_epoch(T0) for _ in range(50)}
+    assert len(epochs) > 1
+    assert all(e // 1000 == T0 for e in epochs)
