@@ -34,9 +34,8 @@ from nodeguard.errors import NodeguardError, PolicyProblem
 from nodeguard.policy.loader import (
     DOCUMENT_PATH,
     FILE_PATH,
-    _Builder,
-    _compose,
     _data_path,
+    single_document,
 )
 from nodeguard.policy.model import (
     ERROR_TYPE,
@@ -647,19 +646,11 @@ def _validate(
 
 def parse_agent_config_text(text: str, filename: str = "<string>") -> AgentConfig:
     """Parse and validate a configuration; ConfigError lists every problem."""
-    nodes, problems = _compose(text, filename)
+    doc, problems = single_document(text, filename, "the agent configuration")
     if problems:
         raise ConfigError(problems)
-    if not nodes:
+    if doc is None:
         return _validate(None, filename, 1, {}, {})
-    if len(nodes) > 1:
-        line = int(nodes[1].start_mark.line) + 1
-        message = "the agent configuration is one YAML document; remove the extra '---'"
-        raise ConfigError([PolicyProblem(filename, line, DOCUMENT_PATH, message)])
-    builder = _Builder(filename)
-    doc = builder.document(nodes[0])
-    if builder.problems:
-        raise ConfigError(builder.problems)
     return _validate(doc.data, filename, doc.line, doc.lines, doc.key_lines)
 
 

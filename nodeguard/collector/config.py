@@ -32,7 +32,7 @@ from nodeguard.collector.records import DEFAULT_STORE_PATH, Retention
 from nodeguard.collector.sinks.config import SinkConfig
 from nodeguard.durations import DURATION_UNITS, duration_seconds
 from nodeguard.errors import NodeguardError, PolicyProblem
-from nodeguard.policy.loader import DOCUMENT_PATH, FILE_PATH, _Builder, _compose, _data_path
+from nodeguard.policy.loader import DOCUMENT_PATH, FILE_PATH, _data_path, single_document
 from nodeguard.policy.model import (
     ERROR_TYPE,
     FieldPath,
@@ -489,19 +489,11 @@ def _validate(
 
 def parse_collector_config_text(text: str, filename: str = "<string>") -> CollectorConfig:
     """Parse and validate a configuration; CollectorConfigError lists every problem."""
-    nodes, problems = _compose(text, filename)
+    doc, problems = single_document(text, filename, "the collector configuration")
     if problems:
         raise CollectorConfigError(problems)
-    if not nodes:
+    if doc is None:
         return _validate(None, filename, 1, {}, {})
-    if len(nodes) > 1:
-        line = int(nodes[1].start_mark.line) + 1
-        message = "the collector configuration is one YAML document; remove the extra '---'"
-        raise CollectorConfigError([PolicyProblem(filename, line, DOCUMENT_PATH, message)])
-    builder = _Builder(filename)
-    doc = builder.document(nodes[0])
-    if builder.problems:
-        raise CollectorConfigError(builder.problems)
     return _validate(doc.data, filename, doc.line, doc.lines, doc.key_lines)
 
 

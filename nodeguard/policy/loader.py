@@ -221,6 +221,27 @@ def _compose(text: str, file: str) -> tuple[list[yaml.Node], list[PolicyProblem]
     return nodes, problems
 
 
+def single_document(
+    text: str, file: str, what: str
+) -> tuple[_Document | None, list[PolicyProblem]]:
+    """A configuration file that is one YAML document (``what``: "the agent
+    configuration", ...): the document with its line maps (None for an empty file), or
+    the problems (syntax errors, a second document, unreadable values)."""
+    nodes, problems = _compose(text, file)
+    if problems:
+        return None, problems
+    if not nodes:
+        return None, []
+    if len(nodes) > 1:
+        message = f"{what} is one YAML document; remove the extra '---'"
+        return None, [PolicyProblem(file, _line(nodes[1]), DOCUMENT_PATH, message)]
+    builder = _Builder(file)
+    doc = builder.document(nodes[0])
+    if builder.problems:
+        return None, builder.problems
+    return doc, []
+
+
 # ----------------------------------------------------------------------- validation --
 
 
