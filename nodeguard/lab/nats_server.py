@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from nodeguard import pki
+from nodeguard.lab.process import stop_process
 
 NATS_SERVER = "nats-server"
 
@@ -119,14 +120,7 @@ class NatsServer:
 
     def _signal(self, sig: signal.Signals, timeout_s: float) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc, sig, timeout_s)
 
     def __enter__(self) -> NatsServer:
         self.start()

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from nodeguard import pki
+from nodeguard.lab.process import stop_process
 
 RSYSLOGD = "rsyslogd"
 MAX_MESSAGE_SIZE = "256k"
@@ -176,14 +177,7 @@ input(type="imtcp" name="tls" address="127.0.0.1" port={_q(self.tls_port)}
 
     def _signal(self, sig: signal.Signals, timeout_s: float) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc, sig, timeout_s)
 
     def __enter__(self) -> Rsyslog:
         self.start()
