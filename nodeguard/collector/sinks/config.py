@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -176,21 +177,29 @@ def _parse_app_name(value: Any) -> str:
     return value
 
 
+def _checked_text(value: Any, ok: Callable[[str], object], why: str) -> str:
+    """``value`` when it is a string ``ok`` accepts, else the problem "<value> <why>"."""
+    if isinstance(value, str) and ok(value):
+        return value
+    got = repr(value) if isinstance(value, str) else describe(value)
+    raise problem(f"{got} {why}")
+
+
 def _parse_index(value: Any) -> str:
-    if not isinstance(value, str) or not _INDEX_RE.fullmatch(value):
-        got = repr(value) if isinstance(value, str) else describe(value)
-        raise problem(
-            f"{got} is not a Splunk index name: use lower-case letters, digits, '_' and "
-            "'-', not starting with '_' or '-'"
-        )
-    return value
+    return _checked_text(
+        value,
+        _INDEX_RE.fullmatch,
+        "is not a Splunk index name: use lower-case letters, digits, '_' and '-', "
+        "not starting with '_' or '-'",
+    )
 
 
 def _parse_facility(value: Any) -> str:
-    if not isinstance(value, str) or value not in FACILITIES:
-        got = repr(value) if isinstance(value, str) else describe(value)
-        raise problem(f"{got} is not a syslog facility; use one of {', '.join(FACILITIES)}")
-    return value
+    return _checked_text(
+        value,
+        FACILITIES.__contains__,
+        f"is not a syslog facility; use one of {', '.join(FACILITIES)}",
+    )
 
 
 def _parse_sd_id(value: Any) -> str:
@@ -260,13 +269,12 @@ def _parse_nats_server(value: Any) -> str:
 
 
 def _parse_stream(value: Any) -> str:
-    if not isinstance(value, str) or not _STREAM_RE.fullmatch(value):
-        got = repr(value) if isinstance(value, str) else describe(value)
-        raise problem(
-            f"{got} is not a JetStream stream name: use letters, digits, '-' and '_' "
-            "(no '.', '*', '>', spaces or path separators)"
-        )
-    return value
+    return _checked_text(
+        value,
+        _STREAM_RE.fullmatch,
+        "is not a JetStream stream name: use letters, digits, '-' and '_' "
+        "(no '.', '*', '>', spaces or path separators)",
+    )
 
 
 def _parse_subject_prefix(value: Any) -> str:
