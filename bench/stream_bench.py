@@ -17,10 +17,10 @@ Run as root: ``python -m bench --only stream`` (``--quick``: 15 s instead of 60 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sqlite3
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
@@ -29,25 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import yaml
 
-from nodeguard import pki
-from nodeguard.identity.cgroup_paths import find_pod_cgroup
-from nodeguard.identity.cgroupfs import find_cgroup2_mount, remove_cgroup
+from nodeguard.lab import stream_lab
 from nodeguard.lab.agent_process import AgentProcess
 from nodeguard.lab.collector_process import CollectorProcess
 from nodeguard.lab.containerd import ContainerdRuntime, KubeletSim, new_workdir
-
-NODE = "test-node"  # AgentProcess's nodeName
-POLICY = """\
-apiVersion: nodeguard.io/v1alpha1
-kind: AgentPolicy
-metadata: {name: stream-bench}
-spec:
-  selector: {namespaces: [agents], matchLabels: {app: stream-bench}}
-  egress:
-    allow: [{cidr: 198.18.250.0/24, ports: ["443"], protocol: tcp}]
-"""
 
 
 @dataclass
@@ -96,117 +82,51 @@ class Sampler:
         self.samples.append((time.monotonic(), self.rows(), self.cpu()))
 
 
-def _certs(work: Path) -> dict[str, Path]:
-    ca = pki.make_ca(work / "pki")
-    server = pki.issue_server(ca, work / "pki", ["127.0.0.1", "localhost"])
-    node = pki.issue_node(ca, work / "pki", NODE)
-    return {
-        "ca": ca.cert_path,
-        "server_cert": server.cert,
-        "server_key": server.key,
-        "node_cert": node.cert,
-        "node_key": node.key,
-    }
-
-
-def _collector_config(work: Path, certs: dict[str, Path]) -> Path:
-    config = {
-        "apiVersion": "nodeguard.io/v1alpha1",
-        "kind": "CollectorConfig",
-        "listen": "127.0.0.1:0",
-        "tls": {
-            "cert": str(certs["server_cert"]),
-            "key": str(certs["server_key"]),
-            "clientCA": str(certs["ca"]),
-        },
-        "store": {"path": str(work / "collector" / "events.db"), "durable": True},
-        "metricsAddress": None,
-    }
-    path = work / "collector.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def _stored_attempts(db: Path, pod: str) -> tuple[int, int, int]:
-    """(records, attempts they stand for, attempts the producer said it lost in the kernel
-    in-band: Loss records of reason kernel) in the collector's store."""
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-    try:
-        rows, attempts = con.execute(
-            "SELECT count(*), coalesce(sum(count), 0) FROM events WHERE pod = ?", (pod,)
-        ).fetchone()
-        (kernel_lost,) = con.execute(
-            "SELECT coalesce(sum(attempts), 0) FROM losses WHERE reason = 'kernel'"
-        ).fetchone()
-        return int(rows), int(attempts), int(kernel_lost)
-    finally:
-        con.close()
-
-
 def run_stream_bench(bins: dict[str, Path], quick: bool) -> dict[str, Any]:
     rate = int(os.environ.get("NODEGUARD_BENCH_RATE", "50000"))
     seconds = 15 if quick else 60
-    mount = find_cgroup2_mount()
-    assert mount is not None
     work = Path(tempfile.mkdtemp(prefix="nodeguard-bench-stream-"))
-    certs = _certs(work)
-    collector = CollectorProcess(_collector_config(work, certs))
+    certs = stream_lab.make_certs(work / "pki")
+    db = work / "collector" / "events.db"
+    collector = CollectorProcess(
+        stream_lab.write_collector_config(work / "collector.yaml", certs, db)
+    )
     runtime = ContainerdRuntime(new_workdir()).start()
     kubelet = KubeletSim(runtime)
     agent: AgentProcess | None = None
-    gen_cgroup: Path | None = None
     out: dict[str, Any] = {"rate_target": rate, "seconds": seconds}
     try:
         collector.start()
         agent = AgentProcess(
             runtime,
             work / "agent",
-            overrides={
-                "collectorAddress": f"127.0.0.1:{collector.port}",
-                "collectorTLS": {
-                    "ca": str(certs["ca"]),
-                    "cert": str(certs["node_cert"]),
-                    "key": str(certs["node_key"]),
-                },
-                "eventLog": {"enabled": False},
-                "logLevel": "warning",
-                "resyncIntervalMs": 500,  # the default (AgentProcess uses 200 for tests)
-            },
+            overrides=stream_lab.agent_overrides(
+                f"127.0.0.1:{collector.port}",
+                certs,
+                log_level="warning",
+                extra={"resyncIntervalMs": 500},  # the default (AgentProcess uses 200)
+            ),
         )
         agent.policy_dir.mkdir(parents=True)
-        (agent.policy_dir / "bench.yaml").write_text(POLICY)
+        (agent.policy_dir / "bench.yaml").write_text(stream_lab.POLICY)
         agent.start()
-        pod = kubelet.run_pod("agents", "stream-gen", {"app": "stream-bench"})
+        pod = kubelet.run_pod(stream_lab.NAMESPACE, "stream-gen", stream_lab.POD_LABELS)
         agent.wait_for(
-            lambda s: any(p.uid == pod.uid and p.policy == "stream-bench" for p in s.pods),
+            lambda s: any(p.uid == pod.uid and p.policy == stream_lab.POLICY_NAME for p in s.pods),
             timeout=30,
         )
-        pod_cgroup = find_pod_cgroup(mount, pod.uid)
-        assert pod_cgroup is not None
-        gen_cgroup = pod_cgroup / "ng-bench-gen"
-        gen_cgroup.mkdir()
         assert agent.proc is not None and collector.pid is not None
-        db = work / "collector" / "events.db"
         sampler = Sampler(
             db,
             {"agent": psutil.Process(agent.proc.pid), "collector": psutil.Process(collector.pid)},
         )
-        sampler.start()
-        procs_file = gen_cgroup / "cgroup.procs"
-
-        def join() -> None:
-            with open(procs_file, "w") as f:
-                f.write("0")
-
-        t0 = time.monotonic()
-        gen = subprocess.run(
-            [str(bins["violation_gen"]), str(rate), str(seconds)],
-            preexec_fn=join, capture_output=True, text=True, timeout=seconds + 60, check=True,
-        )  # fmt: skip
-        t_gen_end = time.monotonic()
-        values = dict(line.split(" ", 1) for line in gen.stdout.splitlines())
-        generated = int(values["denied"])
-        out["generator"] = {k: float(v) for k, v in values.items()}
+        with stream_lab.generator_cgroup(pod.uid) as gen_cgroup:
+            sampler.start()
+            t0 = time.monotonic()
+            gen = stream_lab.run_generator(bins["violation_gen"], gen_cgroup, rate, seconds)
+            t_gen_end = time.monotonic()
+        generated = gen.denied
+        out["generator"] = dataclasses.asdict(gen)
         # drained: the agent's spool is empty and the store stops growing
         deadline = time.monotonic() + 300
         last = -1
@@ -220,19 +140,14 @@ def run_stream_bench(bins: dict[str, Path], quick: bool) -> dict[str, Any]:
         t_drained = time.monotonic()
         sampler.stop()
         snap = agent.status()
-        stored_rows, stored_attempts, kernel_lost = _stored_attempts(db, "stream-gen")
-        c = snap.counters
+        acc = stream_lab.account(db, pod.name, generated, snap.collector, destinations=False)
         lost = {
-            "kernel_ringbuf_full_records": c.lost_in_kernel,
-            "kernel_lost_attempts_in_band": kernel_lost,
-            "spool_dropped_attempts": snap.collector.dropped_attempts,
-            "rejected_attempts": snap.collector.rejected_attempts,
-            "userspace_records": c.lost_in_userspace,
+            "kernel_ringbuf_full_records": snap.counters.lost_in_kernel,
+            "kernel_lost_attempts_in_band": acc.kernel_lost_attempts,
+            "spool_dropped_attempts": acc.spool_dropped_attempts,
+            "rejected_attempts": acc.rejected_attempts,
+            "userspace_lost_attempts_in_band": acc.userspace_lost_attempts,
         }
-        counted_lost = (
-            kernel_lost + snap.collector.dropped_attempts + snap.collector.rejected_attempts
-        )
-        unexplained = generated - stored_attempts - counted_lost
         during = [
             (b[1] - a[1]) / (b[0] - a[0])
             for a, b in zip(sampler.samples, sampler.samples[1:], strict=False)
@@ -246,15 +161,15 @@ def run_stream_bench(bins: dict[str, Path], quick: bool) -> dict[str, Any]:
         out.update(
             {
                 "generated": generated,
-                "stored_records": stored_rows,
-                "stored_attempts": stored_attempts,
+                "stored_records": acc.stored.records,
+                "stored_attempts": acc.stored.attempts,
                 "lost": lost,
-                "counted_lost": counted_lost,
-                "unexplained": unexplained,
+                "counted_lost": acc.counted_lost,
+                "unexplained": acc.unexplained,
                 "records_per_s_while_generating": round(
                     (sampler_rows_at(sampler, t_gen_end)) / (t_gen_end - t0)
                 ),
-                "records_per_s_end_to_end": round(stored_rows / (t_drained - t0)),
+                "records_per_s_end_to_end": round(acc.stored.records / (t_drained - t0)),
                 "min_records_per_s_1s": round(min(during)) if during else None,
                 # steady state: the store's per-second intake while the generator ran
                 # (pipeline latency shifts the intake ~1-2 s later than generation; the
@@ -265,8 +180,6 @@ def run_stream_bench(bins: dict[str, Path], quick: bool) -> dict[str, Any]:
             }
         )
     finally:
-        if gen_cgroup is not None:
-            remove_cgroup(gen_cgroup)
         kubelet.remove_all()
         if agent is not None:
             agent.teardown()
