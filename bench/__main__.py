@@ -18,6 +18,7 @@ from bench.guard_bench import (
     bench_fork_exec,
     bench_hook_floor,
     bench_null_syscall,
+    bench_unguarded_fork_exec,
 )
 from bench.harness import BENCH_DIR, Comparison, build_binaries
 from bench.sandbox_bench import run_sandbox_bench
@@ -57,6 +58,7 @@ def main() -> int:
         results += bench_connect(bins, args.quick)
     if args.only in (None, "forkexec"):
         results.append(bench_fork_exec(bins, args.quick))
+        results.append(bench_unguarded_fork_exec(bins, args.quick))
     if args.only in (None, "syscall"):
         results.append(bench_null_syscall(bins, args.quick))
     sandbox_out: dict[str, object] = {}

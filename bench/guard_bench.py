@@ -162,6 +162,44 @@ def bench_fork_exec(bins: dict[str, Path], quick: bool) -> Comparison:
         )
 
 
+def bench_unguarded_fork_exec(bins: dict[str, Path], quick: bool) -> Comparison:
+    """Outside any guarded cgroup: nodeguard loaded (guarding another cgroup) vs not. Every
+    exec on the node passes the exec tracepoints (sched_process_exec, and sys_enter/exit
+    of execve that note where each exec began): this is what the rest of a node pays."""
+    mount = cgroup_mount()
+    loop = bins["forkexec_loop"]
+    argv = [str(loop), "/usr/bin/true", str(FORK_EXECS // (4 if quick else 1))]
+    rounds = 3 if quick else 7
+    base_ns: list[float] = []
+    loaded_ns: list[float] = []
+    ratios: list[float] = []
+    policy = _policy("fork-exec-outside", None, ["/usr/bin/*"])
+
+    def loaded(outside: Path, other: Path) -> float:
+        with Guard() as guard:
+            guard.guard(mount, other, guard.load_policy(policy))
+            return run_loop(outside, argv)
+
+    with bench_cgroup("outside") as outside, bench_cgroup("victim") as other:
+        for i in range(rounds):  # alternate the order, so neither side always runs warm
+            if i % 2:
+                loaded_ns.append(loaded(outside, other))
+                base_ns.append(run_loop(outside, argv))
+            else:
+                base_ns.append(run_loop(outside, argv))
+                loaded_ns.append(loaded(outside, other))
+            ratios.append(loaded_ns[-1] / base_ns[-1])
+    return Comparison(
+        name="fork+exec+wait of /usr/bin/true outside guarded cgroups, loaded vs not",
+        baseline_ns=statistics.median(base_ns),
+        subject_ns=statistics.median(loaded_ns),
+        paired_ratio=statistics.median(ratios),
+        goal_max_ratio=1.05,
+        rounds=rounds,
+        note="the exec tracepoints run for every exec on the node",
+    )
+
+
 def bench_null_syscall(bins: dict[str, Path], quick: bool) -> Comparison:
     """Outside any guarded cgroup: nodeguard loaded (guarding another cgroup) vs not."""
     mount = cgroup_mount()

@@ -14,7 +14,7 @@
  * One program serves every guarded cgroup: a cgroup id (or one of its ancestors at a
  * level in guarded_levels) maps to a policy id, and every rule map is keyed by policy id.
  * Processes outside guarded cgroups: the cgroup hooks are not attached to them, and the
- * exec tracepoint costs them one or two hash lookups.
+ * exec tracepoints cost them one or two hash lookups and one update (ng_exec_enter).
  *
  * Compile-time constants (validated by the loader, passed with -D):
  *   NG_MAX_CGROUPS, NG_EGRESS_MAX, NG_EXEC_MAX, NG_AGG_MAX, NG_RINGBUF_PAGES,
@@ -96,6 +96,10 @@ NG_HASH(budget, u64, struct ng_budget, NG_MAX_CGROUPS);
 
 /* [0] -> scratch exec key (too large for the BPF stack next to everything else). */
 BPF_PERCPU_ARRAY(exec_scratch, struct ng_exec_key, 1);
+
+/* thread id -> when its execve began, for execs that began outside every guarded cgroup.
+ * Written at sys_enter_execve(at), removed at sys_exit; read by the exec programs. */
+NG_LRU_HASH(exec_begun_outside, u32, u64, NG_EXEC_BEGUN_MAX);
 
 /* Violation records (struct ng_egress_event / ng_exec_event) to user space. */
 NG_RINGBUF(events, NG_RINGBUF_PAGES);
@@ -393,6 +397,72 @@ static __always_inline void ng_limit_broken(struct ng_cgroup_policy *pol, u64 cg
 	ng_submit(e);
 }
 
+/* ------------------------------------------------- execs that began outside --- */
+
+/*
+ * A process can be moved into a guarded cgroup while it is inside execve(): then the exec
+ * began outside and ends inside. Only someone allowed to write the cgroup's cgroup.procs
+ * can do that: the container runtime. runc 1.1's `runc init` re-executes a sealed memfd
+ * copy of itself (/dev/fd/N) in the very microseconds runc moves it into the container's
+ * cgroup; killing that exec fails the container start ("read init-p: connection reset by
+ * peer"). Such an exec is judged by where it began: let through, counted
+ * (NG_CNT_EXEC_BEGUN_OUTSIDE), not reported as the workload's. A process already inside
+ * a guarded cgroup when its execve begins is always checked: the workload cannot start an
+ * exec outside its own cgroup. Costs every execve on the node one hash update.
+ */
+static __always_inline void ng_exec_enter(void)
+{
+	u64 cgid;
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	if (ng_current_policy(&cgid)) {
+		exec_begun_outside.delete(&tid); /* inside: checked as usual */
+		return;
+	}
+	u64 now = bpf_ktime_get_ns();
+	exec_begun_outside.update(&tid, &now);
+}
+
+static __always_inline void ng_exec_leave(void)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	exec_begun_outside.delete(&tid);
+}
+
+int ng_exec_enter_execve(void *ctx)
+{
+	ng_exec_enter();
+	return 0;
+}
+
+int ng_exec_enter_execveat(void *ctx)
+{
+	ng_exec_enter();
+	return 0;
+}
+
+int ng_exec_leave_execve(void *ctx)
+{
+	ng_exec_leave();
+	return 0;
+}
+
+int ng_exec_leave_execveat(void *ctx)
+{
+	ng_exec_leave();
+	return 0;
+}
+
+/* Did the exec of thread `tid` (the caller of execve) begin outside every guarded cgroup,
+ * recently? (A mark older than the window is ignored: the exec was checked as usual.) A
+ * successful exec by a non-leader thread leaves its old tid's mark to the window. */
+static __always_inline int ng_exec_began_outside(u32 tid)
+{
+	u64 *began = exec_begun_outside.lookup(&tid);
+	if (!began)
+		return 0;
+	return bpf_ktime_get_ns() - *began < NG_EXEC_BEGUN_WINDOW_NS;
+}
+
 /* A new process (not a thread) in a guarded pod: count it, check maxProcesses and
  * forksPerSecond. Runs in the parent, after the child exists and before it first runs;
  * the parent (the one that broke the budget) is killed, so a fork bomb dies out. */
@@ -449,6 +519,9 @@ int ng_exec_budget(void *ctx)
 	u32 pid = pol->policy_id;
 	struct ng_limits *lim = policy_limits.lookup(&pid);
 	if (!lim || !lim->exec_interval_ns)
+		return 0;
+	/* the runtime's own exec that began outside (see ng_exec_enter) is not the pod's */
+	if (ng_exec_began_outside((u32)bpf_get_current_pid_tgid()))
 		return 0;
 	struct ng_budget *b = ng_budget_of(gid);
 	if (!b)
@@ -549,6 +622,10 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 	}
 	if (allowed)
 		return 0;
+	if (ng_exec_began_outside(args->old_pid)) {
+		ng_count(NG_CNT_EXEC_BEGUN_OUTSIDE);
+		return 0;
+	}
 
 	int audit = pol->flags & NG_POLICY_AUDIT;
 	if (!audit) {

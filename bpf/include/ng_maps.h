@@ -20,6 +20,8 @@
 #define NG_PIN_PATH(name) NG_PIN_DIR "/" #name
 #define NG_HASH(name, key_t, val_t, n) \
 	BPF_TABLE_PINNED("hash", key_t, val_t, name, n, NG_PIN_PATH(name))
+#define NG_LRU_HASH(name, key_t, val_t, n) \
+	BPF_TABLE_PINNED("lru_hash", key_t, val_t, name, n, NG_PIN_PATH(name))
 #define NG_ARRAY(name, val_t, n) BPF_TABLE_PINNED("array", int, val_t, name, n, NG_PIN_PATH(name))
 #define NG_PERCPU_ARRAY(name, val_t, n) \
 	BPF_TABLE_PINNED("percpu_array", int, val_t, name, n, NG_PIN_PATH(name))
@@ -28,6 +30,7 @@
 #define NG_SECTION(kind, name) "maps/" kind ":" NG_PIN_PATH(name)
 #else
 #define NG_HASH(name, key_t, val_t, n) BPF_HASH(name, key_t, val_t, n)
+#define NG_LRU_HASH(name, key_t, val_t, n) BPF_TABLE("lru_hash", key_t, val_t, name, n)
 #define NG_ARRAY(name, val_t, n) BPF_ARRAY(name, val_t, n)
 #define NG_PERCPU_ARRAY(name, val_t, n) BPF_PERCPU_ARRAY(name, val_t, n)
 #define NG_LPM_TRIE(name, key_t, val_t, n) BPF_LPM_TRIE(name, key_t, val_t, n)

@@ -101,7 +101,17 @@
 #define NG_CNT_LIMIT_KILLED     10 /* processes killed for breaking a process budget */
 #define NG_CNT_LOST_ATTEMPTS    11 /* attempts lost with their record: an unaggregated record
 				    * (aggregate table full) the ring buffer had no room for */
-#define NG_CNT_MAX              12
+#define NG_CNT_EXEC_BEGUN_OUTSIDE 12 /* execs let through because they began before their
+				      * process was moved into a guarded cgroup (runc init's
+				      * self-clone racing its move into the container) */
+#define NG_CNT_MAX              13
+
+/* An exec that began outside any guarded cgroup is judged by where it began only if it
+ * reaches sched_process_exec within this time (a stale mark never opens a hole). */
+#define NG_EXEC_BEGUN_WINDOW_NS (5ULL * 1000000000ULL)
+/* execs in flight node-wide that began outside any guarded cgroup (LRU: an evicted mark
+ * only means the exec is checked as usual) */
+#define NG_EXEC_BEGUN_MAX 4096
 
 /* cgroup id -> policy. Written by user space when it guards a cgroup. */
 struct ng_cgroup_policy {

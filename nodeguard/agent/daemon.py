@@ -743,6 +743,7 @@ class Agent:
         self.metrics.lost_total("userspace", self._userspace_lost())
         self.metrics.records_total(self.records)
         self.metrics.aggregated_total(k.get("aggregated", 0))
+        self.metrics.runtime_execs_total(k.get("exec_begun_outside", 0))
         self.metrics.delivery(self.producer.stats() if self.producer is not None else None)
 
     # ---------------------------------------------------------------- status ---
@@ -819,6 +820,7 @@ class Agent:
                 undecodable=self.stats.unknown_op + self.stats.malformed,
                 records=self.records,
                 lost_in_spool=dict(link.dropped) if link is not None else {},
+                execs_begun_outside=k.get("exec_begun_outside", 0),
             )
             pdir = PolicyDirStatus(
                 path=str(self.config.policy_dir),

@@ -12,6 +12,8 @@ nodeguard_events_lost_total              counter   where = kernel | userspace | 
                                                    records dropped from a full spool)
 nodeguard_records_total                  counter   violation records received from the kernel
 nodeguard_aggregated_total               counter   repeats folded into a record in the kernel
+nodeguard_runtime_execs_total            counter   execs let through: begun before the runtime
+                                                   moved the process into a guarded cgroup
 nodeguard_pods_guarded                   gauge     pods under a policy now
 nodeguard_policies_loaded                gauge     policies in force now
 nodeguard_policy_load_errors_total       counter   policy directory loads that failed
@@ -111,6 +113,12 @@ class AgentMetrics:
             "Repeated violations folded into an existing record by the kernel.",
             registry=r,
         )
+        self.runtime_execs = Counter(
+            "nodeguard_runtime_execs",
+            "Execs let through because they began before the container runtime moved their "
+            "process into a guarded cgroup (runc init's self-clone), not the workload's.",
+            registry=r,
+        )
         self.pods_guarded = Gauge(
             "nodeguard_pods_guarded", "Pods currently under a policy.", registry=r
         )
@@ -207,6 +215,9 @@ class AgentMetrics:
 
     def aggregated_total(self, cumulative: float) -> None:
         self._advance(("aggregated",), self.aggregated, cumulative)
+
+    def runtime_execs_total(self, cumulative: float) -> None:
+        self._advance(("runtime_execs",), self.runtime_execs, cumulative)
 
     def delivery(self, link: DeliveryFigures | None) -> None:
         """Feed the collector link's figures (None: no collector configured)."""

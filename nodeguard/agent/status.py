@@ -130,6 +130,9 @@ class Counters:
     records: int = 0
     # records dropped from the full spool, by priority (telemetry, audit, violation)
     lost_in_spool: Mapping[str, int] = field(default_factory=dict)
+    # execs the kernel let through because they began before the container runtime moved
+    # their process into a guarded cgroup (runc init's self-clone): not the workload's
+    execs_begun_outside: int = 0
 
     @property
     def violations_total(self) -> int:
@@ -256,6 +259,7 @@ class StatusSnapshot:
                 "undecodable": self.counters.undecodable,
                 "records": self.counters.records,
                 "lost_in_spool": dict(self.counters.lost_in_spool),
+                "execs_begun_outside": self.counters.execs_begun_outside,
             },
             "policy_dir": {
                 "path": self.policy_dir.path,
@@ -341,6 +345,7 @@ class StatusSnapshot:
                 undecodable=counters.integer("undecodable"),
                 records=counters.integer("records"),
                 lost_in_spool=counters.int_map("lost_in_spool", {}),
+                execs_begun_outside=counters.integer("execs_begun_outside", 0),
             ),
             policy_dir=PolicyDirStatus(
                 path=policy_dir.text("path"),
@@ -805,6 +810,7 @@ def _counters_table(snap: StatusSnapshot) -> Table:
             ("lost in user space", loss(c.lost_in_userspace)),
             ("lost in spool", spool),
             ("undecodable", loss(c.undecodable)),
+            ("runtime execs let through", str(c.execs_begun_outside)),
         ],
     )
 

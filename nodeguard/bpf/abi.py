@@ -97,9 +97,10 @@ class Counter(IntEnum):
     SOCKET_DENIED = 9
     LIMIT_KILLED = 10
     LOST_ATTEMPTS = 11
+    EXEC_BEGUN_OUTSIDE = 12
 
 
-COUNTER_MAX = 12
+COUNTER_MAX = 13
 
 
 class CgroupPolicy(ct.Structure):

@@ -48,6 +48,16 @@ TRACEPOINTS: tuple[tuple[str, str, str, bytes], ...] = (
     ("fork", "task", "task_newtask", b"tracepoint__task__task_newtask"),
     ("exit", "sched", "sched_process_exit", b"tracepoint__sched__sched_process_exit"),
 )
+# Where each execve began (see ng_exec_enter in guard.bpf.c): an exec that began before the
+# runtime moved its process into a guarded cgroup is not the workload's. Needs the syscall
+# tracepoints (CONFIG_FTRACE_SYSCALLS); without them every exec is checked where it ends,
+# and runc 1.1 can now and then fail to start a container in a pod with an exec policy.
+EXEC_ORIGIN_TRACEPOINTS: tuple[tuple[str, str, str, bytes], ...] = (
+    ("exec-enter", "syscalls", "sys_enter_execve", b"ng_exec_enter_execve"),
+    ("exec-enter-at", "syscalls", "sys_enter_execveat", b"ng_exec_enter_execveat"),
+    ("exec-leave", "syscalls", "sys_exit_execve", b"ng_exec_leave_execve"),
+    ("exec-leave-at", "syscalls", "sys_exit_execveat", b"ng_exec_leave_execveat"),
+)
 # (link name, raw tracepoint, function)
 RAW_TRACEPOINTS: tuple[tuple[str, str, bytes], ...] = (
     ("seccomp-kill", "signal_generate", b"raw_tracepoint__signal_generate"),
@@ -280,6 +290,26 @@ class Guard:
             self._close_links()
             self._bpf.cleanup()
             raise BpfLoadError(f"cannot attach the guard's tracepoints: {err}") from err
+        self.exec_origin_tracked = self._attach_exec_origin()
+
+    def _attach_exec_origin(self) -> bool:
+        """Attach the sys_enter/sys_exit execve(at) programs; False (logged) if this kernel
+        has no syscall tracepoints. Enforcement does not depend on them."""
+        try:
+            for link, category, tracepoint, fn_name in EXEC_ORIGIN_TRACEPOINTS:
+                self._attach_tracepoint(link, category, tracepoint, fn_name)
+        except Exception as err:
+            for link, *_ in EXEC_ORIGIN_TRACEPOINTS:
+                self._drop_link(link)
+            _log.warning(
+                "exec_origin_untracked",
+                error=str(err),
+                effect="execs are judged where they end; runc 1.1 may now and then fail "
+                "to start a container in a pod with an exec policy",
+                fix="use a kernel with CONFIG_FTRACE_SYSCALLS (syscall tracepoints)",
+            )
+            return False
+        return True
 
     def _keep_link(self, link: str, link_fd: int) -> None:
         """Pin a link (agent) or hold its fd (run); either way it stays attached."""

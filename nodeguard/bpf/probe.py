@@ -626,6 +626,30 @@ def _probe_tracepoint_exists(name: str, category: str, event: str, what: str) ->
     )
 
 
+def _probe_exec_origin() -> Feature:
+    """The syscall tracepoints that tell where each exec began (optional: without them an
+    exec the runtime moved into a guarded pod mid-way is checked, see docs/policy.md)."""
+    name = "tracepoint.sys_enter_execve"
+    events = ("sys_enter_execve", "sys_enter_execveat", "sys_exit_execve", "sys_exit_execveat")
+    missing = [e for e in events if not (TRACEFS / "events" / "syscalls" / e).is_dir()]
+    if not missing:
+        return Feature(
+            name,
+            True,
+            "where each exec began: syscalls/sys_{enter,exit}_execve(at)",
+            required=False,
+        )
+    return Feature(
+        name,
+        False,
+        f"no syscalls/{', '.join(missing)} tracepoint: an exec that runc moves into a pod "
+        "mid-way is judged where it ends (runc 1.1 may now and then fail to start a container "
+        "in a pod with an exec policy)",
+        fix="use a kernel built with CONFIG_FTRACE_SYSCALLS",
+        required=False,
+    )
+
+
 def _seccomp_action_available(action: int) -> bool:
     """seccomp(SECCOMP_GET_ACTION_AVAIL, 0, &action) == 0."""
     import ctypes as ct  # noqa: PLC0415
@@ -970,6 +994,7 @@ def run_probes(*, euid: int | None = None, source: Path = PROBE_SOURCE) -> Repor
                     "tracepoint.task_newtask", "task", "task_newtask", "process budgets (forks)"
                 ),
             ),
+            _guarded("tracepoint.sys_enter_execve", False, _probe_exec_origin),
         ]
     )
     features.append(_guarded("kprobes", False, lambda: _probe_kprobes(config)))

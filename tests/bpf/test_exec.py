@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import shutil
 import signal
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -118,7 +119,119 @@ def test_audit_mode_lets_exec_run_and_reports(guarded: MakeGuarded, bins: Path) 
 
 def test_processes_outside_guarded_cgroups_are_untouched(guarded: MakeGuarded, bins: Path) -> None:
     guarded(policy([]))  # a deny-all exec policy is loaded for some other cgroup
-    import subprocess  # noqa: PLC0415
-
     r = subprocess.run([str(bins / "other/touch"), str(bins / "outside")], check=False)
     assert r.returncode == 0 and (bins / "outside").exists()
+
+
+# ------------------------------------------- an exec that began outside the cgroup ---
+
+STALLED_EXEC = Path(__file__).with_name("stalled_exec.py")
+
+
+class StalledExec:
+    """tests/bpf/stalled_exec.py: an execve held in the kernel (userfaultfd) until go()."""
+
+    def __init__(self, argv: list[str], cgroup: Path | None = None) -> None:
+        def join() -> None:
+            if cgroup is not None:
+                (cgroup / "cgroup.procs").write_text("0")
+
+        self.proc = subprocess.Popen(
+            [SYSTEM_PYTHON, str(STALLED_EXEC), *argv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=join,  # noqa: PLW1509 - only a write to cgroup.procs
+        )
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        line = self.proc.stdout.readline()
+        if line != "stalled\n":
+            self.proc.kill()
+            _, err = self.proc.communicate(timeout=10)
+            raise AssertionError(f"stalled_exec did not stall: {line!r} {err}")
+
+    def go(self) -> int:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.close()
+        return self.proc.wait(timeout=30)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def stalled() -> Iterator[Callable[..., StalledExec]]:
+    made: list[StalledExec] = []
+
+    def make(argv: list[str], cgroup: Path | None = None) -> StalledExec:
+        s = StalledExec(argv, cgroup)
+        made.append(s)
+        return s
+
+    try:
+        yield make
+    finally:
+        for s in made:
+            s.kill()
+
+
+def begun_outside(g: Guarded) -> int:
+    return g.guard.counters()["exec_begun_outside"]
+
+
+def test_exec_begun_before_the_move_into_the_cgroup_is_let_through_once(
+    guarded: MakeGuarded, bins: Path, stalled: Callable[..., StalledExec]
+) -> None:
+    """runc 1.1's race, made deterministic: the process is moved into the guarded cgroup
+    while its exec of a forbidden program is in flight. That exec is judged by where it
+    began (let through, counted, not reported); the program's own next exec is checked."""
+    g = guarded(policy([]))
+    sh = bins / "other/sh"
+    shutil.copy2("/bin/sh", sh)
+    ran, escaped = bins / "ran", bins / "escaped"
+    before = begun_outside(g)
+    s = stalled([str(sh), "-c", f": > {ran}; exec {bins}/other/touch {escaped}"])
+    (g.path / "cgroup.procs").write_text(str(s.proc.pid))
+    assert s.go() == KILLED  # the shell ran, then its exec of touch was killed
+    assert ran.exists() and not escaped.exists()
+    assert begun_outside(g) == before + 1
+    paths = [v.exec.path for v in g.collect() if v.exec]
+    assert paths == [f"{bins}/other/touch"]
+
+
+def test_exec_begun_inside_the_cgroup_is_checked(
+    guarded: MakeGuarded, bins: Path, stalled: Callable[..., StalledExec]
+) -> None:
+    """The same stalled exec, by a process already in the guarded cgroup: killed. A
+    workload cannot start an exec outside its own cgroup."""
+    g = guarded(policy([]))
+    sh = bins / "other/sh"
+    shutil.copy2("/bin/sh", sh)
+    ran = bins / "ran"
+    before = begun_outside(g)
+    s = stalled([str(sh), "-c", f": > {ran}"], cgroup=g.path)
+    assert s.go() == KILLED
+    assert not ran.exists()
+    assert begun_outside(g) == before
+    paths = [v.exec.path for v in g.collect() if v.exec]
+    assert paths == [str(sh)]
+
+
+def test_fileless_exec_of_a_memfd_is_killed(guarded: MakeGuarded, bins: Path) -> None:
+    """A program copied into a memfd and run with fexecve (/dev/fd/N): not on the list."""
+    g = guarded(policy([]))
+    marker = bins / "fileless"
+    code = (
+        "import os; fd = os.memfd_create('x', 0); "
+        "os.write(fd, open('/usr/bin/touch', 'rb').read()); "
+        f"os.execve(fd, ['touch', '{marker}'], {{}})"
+    )
+    r = run_in_cgroup(g.path, [SYSTEM_PYTHON, "-c", code])
+    assert r.returncode == KILLED
+    assert not marker.exists()
+    (v,) = [v for v in g.collect() if v.exec]
+    assert v.exec is not None and v.exec.path.startswith("/dev/fd/")

@@ -355,6 +355,7 @@ def test_json_keys_are_the_documented_ones() -> None:
         "undecodable": 1,
         "records": 15,
         "lost_in_spool": {"telemetry": 4, "audit": 0, "violation": 2},
+        "execs_begun_outside": 0,
     }
     assert data["policy_dir"] == {
         "path": "/etc/nodeguard/policies",
