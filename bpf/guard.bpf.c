@@ -97,9 +97,15 @@ NG_HASH(budget, u64, struct ng_budget, NG_MAX_CGROUPS);
 /* [0] -> scratch exec key (too large for the BPF stack next to everything else). */
 BPF_PERCPU_ARRAY(exec_scratch, struct ng_exec_key, 1);
 
-/* thread id -> when its execve began, for execs that began outside every guarded cgroup.
- * Written at sys_enter_execve(at), removed at sys_exit; read by the exec programs. */
-NG_LRU_HASH(exec_begun_outside, u32, u64, NG_EXEC_BEGUN_MAX);
+/* thread id -> when its execve began, and by which task, for execs that began outside
+ * every guarded cgroup. Written at sys_enter_execve(at), removed at sys_exit (and at
+ * sched_process_exec for a non-leader thread's exec); read by the exec programs. Kernel
+ * only: user space never reads it. */
+struct ng_exec_origin {
+	u64 began_ns;
+	u64 task; /* bpf_get_current_task(): compared, never dereferenced */
+};
+NG_LRU_HASH(exec_begun_outside, u32, struct ng_exec_origin, NG_EXEC_BEGUN_MAX);
 
 /* Violation records (struct ng_egress_event / ng_exec_event) to user space. */
 NG_RINGBUF(events, NG_RINGBUF_PAGES);
@@ -418,8 +424,10 @@ static __always_inline void ng_exec_enter(void)
 		exec_begun_outside.delete(&tid); /* inside: checked as usual */
 		return;
 	}
-	u64 now = bpf_ktime_get_ns();
-	exec_begun_outside.update(&tid, &now);
+	struct ng_exec_origin origin = {};
+	origin.began_ns = bpf_ktime_get_ns();
+	origin.task = bpf_get_current_task();
+	exec_begun_outside.update(&tid, &origin);
 }
 
 static __always_inline void ng_exec_leave(void)
@@ -453,14 +461,22 @@ int ng_exec_leave_execveat(void *ctx)
 }
 
 /* Did the exec of thread `tid` (the caller of execve) begin outside every guarded cgroup,
- * recently? (A mark older than the window is ignored: the exec was checked as usual.) A
- * successful exec by a non-leader thread leaves its old tid's mark to the window. */
+ * recently, in this very task? A mark older than the window, or left by another task
+ * under a reused tid, is ignored: the exec is checked as usual. (An exec by a non-leader
+ * thread leaves its old tid's mark to the window: sys_exit runs under the new pid. Only
+ * that same task could match it, and it no longer has that tid. Deleting it in the exec
+ * program instead kept a value live across the path loops and blew the verifier's
+ * budget.) The exec-rate program looks under the current pid: for an exec by a
+ * non-leader thread it finds nothing and counts the exec (fail closed). */
 static __always_inline int ng_exec_began_outside(u32 tid)
 {
-	u64 *began = exec_begun_outside.lookup(&tid);
-	if (!began)
+	struct ng_exec_origin *origin = exec_begun_outside.lookup(&tid);
+	if (!origin)
 		return 0;
-	return bpf_ktime_get_ns() - *began < NG_EXEC_BEGUN_WINDOW_NS;
+	/* the same task (the task struct survives its exec, a reused tid is another task) */
+	if (origin->task != bpf_get_current_task())
+		return 0;
+	return bpf_ktime_get_ns() - origin->began_ns < NG_EXEC_BEGUN_WINDOW_NS;
 }
 
 /* A new process (not a thread) in a guarded pod: count it, check maxProcesses and

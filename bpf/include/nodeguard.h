@@ -107,11 +107,12 @@
 #define NG_CNT_MAX              13
 
 /* An exec that began outside any guarded cgroup is judged by where it began only if it
- * reaches sched_process_exec within this time (a stale mark never opens a hole). */
-#define NG_EXEC_BEGUN_WINDOW_NS (5ULL * 1000000000ULL)
-/* execs in flight node-wide that began outside any guarded cgroup (LRU: an evicted mark
- * only means the exec is checked as usual) */
-#define NG_EXEC_BEGUN_MAX 4096
+ * reaches sched_process_exec within this time (runc's exec takes microseconds to
+ * milliseconds; an old mark is ignored, never trusted). */
+#define NG_EXEC_BEGUN_WINDOW_NS (2ULL * 1000000000ULL)
+/* NG_EXEC_BEGUN_MAX (execs in flight node-wide that began outside any guarded cgroup) is
+ * passed by the loader: at least 256 per possible CPU, so the LRU's per-CPU free lists
+ * cannot evict fresh marks early (an evicted mark only means the exec is checked). */
 
 /* cgroup id -> policy. Written by user space when it guards a cgroup. */
 struct ng_cgroup_policy {

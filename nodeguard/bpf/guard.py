@@ -145,6 +145,7 @@ class GuardLimits:
             f"-DNG_SYSCALL_MAX={self.syscall_max}",
             f"-DNG_SOCKET_MAX={self.socket_max}",
             f"-DNG_POLICY_MAX={self.policy_max}",
+            f"-DNG_EXEC_BEGUN_MAX={max(4096, 256 * possible_cpus())}",
             "-Wno-unused-function",
             *([f'-DNG_PIN_DIR="{pin_dir}"'] if pin_dir is not None else []),
         ]
@@ -171,6 +172,18 @@ def import_bcc() -> Any:
             "made with --system-site-packages from /usr/bin/python3",
         ) from err
     return bcc
+
+
+def possible_cpus(path: Path = Path("/sys/devices/system/cpu/possible")) -> int:
+    """Number of possible CPUs (``0-3,8-11`` -> 8); os.cpu_count() if unreadable."""
+    try:
+        total = 0
+        for part in path.read_text().strip().split(","):
+            lo, _, hi = part.partition("-")
+            total += int(hi or lo) - int(lo) + 1
+        return max(total, 1)
+    except (OSError, ValueError):
+        return os.cpu_count() or 1
 
 
 def program_version(limits: GuardLimits) -> str:
@@ -304,9 +317,10 @@ class Guard:
             _log.warning(
                 "exec_origin_untracked",
                 error=str(err),
-                effect="execs are judged where they end; runc 1.1 may now and then fail "
-                "to start a container in a pod with an exec policy",
-                fix="use a kernel with CONFIG_FTRACE_SYSCALLS (syscall tracepoints)",
+                effect="execs are judged where they end; runc may now and then fail to "
+                "start a container in a pod with an exec policy",
+                fix="run `nodeguard doctor` (tracepoint.sys_enter_execve): the kernel needs "
+                "syscall tracepoints (CONFIG_FTRACE_SYSCALLS)",
             )
             return False
         return True

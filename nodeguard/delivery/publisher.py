@@ -417,6 +417,7 @@ class Publisher:
             self._call = None
             with contextlib.suppress(Exception):
                 channel.unsubscribe(self._on_connectivity)
+            _await_poller_exit(channel)
             channel.close()
 
     def _note_failure(self, error: str) -> None:
@@ -574,3 +575,20 @@ def _rpc_error_text(err: grpc.RpcError) -> str:
     details = err.details() if hasattr(err, "details") else None
     name = code.name if code is not None else "UNKNOWN"
     return f"{name}: {details or 'no details'}"
+
+
+def _await_poller_exit(channel: grpc.Channel, limit_s: float = 0.5) -> None:
+    """Give grpcio's connectivity poller thread time to see the unsubscribe and end.
+
+    The poller wakes every 0.2 s; closing the channel while it waits makes it die with an
+    unhandled "Cannot monitor channel state: Channel closed!" (a traceback on stderr, seen
+    in CI). grpcio has no public way to join it: its flag is read defensively, and without
+    it the wait is one poll period.
+    """
+    state = getattr(channel, "_connectivity_state", None)
+    if state is None or not hasattr(state, "polling"):
+        time.sleep(0.25)
+        return
+    deadline = time.monotonic() + limit_s
+    while getattr(state, "polling", False) and time.monotonic() < deadline:
+        time.sleep(0.01)

@@ -1,6 +1,6 @@
 """Start an execve() and hold it in the kernel until told to go on (a test helper).
 
-    stalled_exec.py PROGRAM [ARG...]
+    stalled_exec.py [--from-leader] PROGRAM ARG...
 
 The arguments after PROGRAM are passed to it from a page registered with userfaultfd, so
 the kernel's copy of argv (inside execve, after the syscall began and before the new
@@ -9,6 +9,9 @@ waits for a line on stdin; whatever the test does meanwhile (move this process i
 another cgroup) happens while the exec is in flight. On that line the page is filled in,
 and the exec goes on. This is how the tests make, deterministically, the race that runc
 1.1 makes by chance: a process moved into a guarded cgroup in the middle of its exec.
+
+The exec is made by a second thread (which then takes over the process's pid, as in a
+multi-threaded program), or with ``--from-leader`` by the main thread (as runc init does).
 
 Needs root (userfaultfd that handles kernel faults) and /dev/userfaultfd (Linux 6.1+).
 Exits 3 with a message if either is missing.
@@ -54,9 +57,13 @@ def open_uffd() -> int:
 
 
 def main() -> None:
-    if len(sys.argv) < 3:
-        fail("usage: stalled_exec.py PROGRAM ARG...")
-    program, args = sys.argv[1], sys.argv[2:]
+    argv_in = sys.argv[1:]
+    from_leader = bool(argv_in) and argv_in[0] == "--from-leader"
+    if from_leader:
+        argv_in = argv_in[1:]
+    if len(argv_in) < 2:
+        fail("usage: stalled_exec.py [--from-leader] PROGRAM ARG...")
+    program, args = argv_in[0], argv_in[1:]
     blob = b"".join(a.encode() + b"\0" for a in args)
     if len(blob) > PAGE:
         fail("the arguments must fit in one page")
@@ -88,25 +95,30 @@ def main() -> None:
     envp[0] = None
 
     def exec_now() -> None:
-        # ctypes releases the GIL for the call: the main thread answers the fault
+        # ctypes releases the GIL for the call: the other thread answers the fault
         libc.execve(program.encode(), argv, envp)
         fail(f"execve {program}: {os.strerror(ct.get_errno())}")
 
-    threading.Thread(target=exec_now, daemon=True).start()
+    def answer_fault() -> None:
+        msg = os.read(uffd, 32)  # the kernel's copy of argv faulted: the exec is in flight
+        event = msg[0]
+        address = struct.unpack_from("Q", msg, 16)[0]
+        if event != UFFD_EVENT_PAGEFAULT or address & ~(PAGE - 1) != page:
+            fail(f"unexpected userfaultfd event {event:#x} at {address:#x}")
+        print("stalled", flush=True)
+        sys.stdin.readline()
+        src = ct.create_string_buffer(blob.ljust(PAGE, b"\0"), PAGE)
+        copy = bytearray(struct.pack("QQQQq", page, ct.addressof(src), PAGE, 0, 0))
+        fcntl.ioctl(uffd, UFFDIO_COPY, copy)
+        threading.Event().wait(30)  # the exec replaces this process (or the test kills it)
+        fail("the exec did not happen within 30 s")
 
-    msg = os.read(uffd, 32)  # the kernel's copy of argv faulted: the exec is in flight
-    event = msg[0]
-    address = struct.unpack_from("Q", msg, 16)[0]
-    if event != UFFD_EVENT_PAGEFAULT or address & ~(PAGE - 1) != page:
-        fail(f"unexpected userfaultfd event {event:#x} at {address:#x}")
-    print("stalled", flush=True)
-    sys.stdin.readline()
-
-    src = ct.create_string_buffer(blob.ljust(PAGE, b"\0"), PAGE)
-    copy = bytearray(struct.pack("QQQQq", page, ct.addressof(src), PAGE, 0, 0))
-    fcntl.ioctl(uffd, UFFDIO_COPY, copy)
-    threading.Event().wait(30)  # the exec replaces this process (or the test kills it)
-    fail("the exec did not happen within 30 s")
+    if from_leader:  # the main thread execs (as runc init does)
+        threading.Thread(target=answer_fault, daemon=True).start()
+        exec_now()
+    else:  # a second thread execs: it takes over the main thread's pid
+        threading.Thread(target=exec_now, daemon=True).start()
+        answer_fault()
 
 
 if __name__ == "__main__":
