@@ -100,6 +100,7 @@ FAST_WINDOW_S = 1.0
 FAST_RESYNC_S = 0.05
 LIVENESS_STALL_S = 30.0
 SHUTDOWN_DRAIN_S = 2.0  # at stop, how long the spool may take to reach the collector
+LINK_RETRY_S = 10.0  # a collector link that could not start (no certificate yet): next try
 
 
 class Agent:
@@ -114,6 +115,7 @@ class Agent:
         self._ready = False
         self._reasons: list[str] = []
         self._collector_error: str | None = None
+        self._link_retry_at: float | None = None  # the link failed to start: next try
         self.stats = DecodeStats()
         self.by_kind: Counter[str] = Counter()
         self.records = 0
@@ -208,7 +210,6 @@ class Agent:
         cfg = self.config
         if cfg.collector_address is None or cfg.collector_tls is None:
             return
-        t = cfg.collector_tls
         try:
             spool = Spool(
                 cfg.state_dir / "spool.db",
@@ -230,41 +231,87 @@ class Agent:
             return
         publisher: Publisher | None = None
         try:
-            tls = PublisherTLS(t.ca, t.cert, t.key, t.server_name)
-            cert_node = certificate_node(t.cert)
-            if cert_node != cfg.node_name:
-                _log.error(
-                    "collector_certificate_node_mismatch",
-                    node=cfg.node_name,
-                    certificate_node=cert_node,
-                    cert=str(t.cert),
-                    effect="the collector refuses this agent's records; they wait in the spool",
-                    fix="use this node's certificate, or set nodeName to the certificate's node",
-                )
-            publisher = Publisher(
-                spool,
-                str(cfg.collector_address),
-                node=cfg.node_name,
-                tls=tls,
-                producer="agent",
-                window=cfg.spool.window,
-                batch_records=cfg.spool.batch_records,
-            )
-            publisher.start()
+            publisher = self._start_publisher(spool)
         except NodeguardError as err:
             # Enforcement never depends on delivery: without a usable link the agent
-            # still guards pods and spools every violation (sent once the link is fixed
-            # and the agent restarted); status is degraded and says why.
+            # still guards pods and spools every violation; it tries again every
+            # LINK_RETRY_S (the certificate files may appear later, e.g. a Secret or a
+            # bootstrap step) and sends the spool once it can. Status is degraded and
+            # says why.
             publisher = None
             self._collector_error = f"collector link not started: {err}"
-            _log.error("collector_link_failed", error=str(err), effect="violations are spooled")
+            self._link_retry_at = time.monotonic() + LINK_RETRY_S
+            _log.error(
+                "collector_link_failed",
+                error=str(err),
+                effect="violations are spooled",
+                retry_in_s=LINK_RETRY_S,
+            )
         self.producer = Producer(spool, publisher, reported=self._reported_rows)
         _log.info(
-            "collector_link_started",
+            "collector_link_started" if publisher is not None else "collector_spool_only",
             address=str(cfg.collector_address),
             epoch=spool.epoch,
             spool=str(spool.path),
             spooled=spool.records,
+        )
+
+    def _start_publisher(self, spool: Spool) -> Publisher:
+        """The publisher for ``spool``, started; NodeguardError if its TLS files are
+        missing or unusable."""
+        cfg = self.config
+        t = cfg.collector_tls
+        if t is None or cfg.collector_address is None:
+            raise NodeguardError("no collector is configured (collectorAddress, collectorTLS)")
+        tls = PublisherTLS(t.ca, t.cert, t.key, t.server_name)
+        cert_node = certificate_node(t.cert)
+        if cert_node != cfg.node_name:
+            _log.error(
+                "collector_certificate_node_mismatch",
+                node=cfg.node_name,
+                certificate_node=cert_node,
+                cert=str(t.cert),
+                effect="the collector refuses this agent's records; they wait in the spool",
+                fix="use this node's certificate, or set nodeName to the certificate's node",
+            )
+        publisher = Publisher(
+            spool,
+            str(cfg.collector_address),
+            node=cfg.node_name,
+            tls=tls,
+            producer="agent",
+            window=cfg.spool.window,
+            batch_records=cfg.spool.batch_records,
+        )
+        publisher.start()
+        return publisher
+
+    def _retry_link(self, now: float) -> None:
+        """The link could not start (e.g. no certificate yet): try again, and once it
+        starts, the spool (everything since the agent started) goes out."""
+        if self._link_retry_at is None or now < self._link_retry_at or self.producer is None:
+            return
+        try:
+            publisher = self._start_publisher(self.producer.spool)
+        except NodeguardError as err:
+            error = f"collector link not started: {err}"
+            if error != self._collector_error:
+                _log.error("collector_link_failed", error=str(err), retry_in_s=LINK_RETRY_S)
+            with self._lock:
+                self._collector_error = error
+            self._link_retry_at = now + LINK_RETRY_S
+            return
+        with self._lock:
+            self.producer.publisher = publisher
+            self._collector_error = None
+        self._link_retry_at = None
+        publisher.notify()
+        _log.info(
+            "collector_link_started",
+            address=str(self.config.collector_address),
+            epoch=self.producer.spool.epoch,
+            spooled=self.producer.spool.records,
+            after="retry",
         )
 
     # ----------------------------------------------------------------- loop ---
@@ -304,6 +351,7 @@ class Agent:
                     next_resync = now + interval
                 if now >= next_flush:
                     self._flush()
+                    self._retry_link(now)
                     next_flush = now + FLUSH_INTERVAL_S
         finally:
             self.shutdown()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,7 +27,9 @@ from nodeguard.agent.hook import read_fail_closed_file
 from nodeguard.bpf.guard import ATTACH_INET4_CONNECT, our_programs
 from nodeguard.identity.cgroup_paths import find_pod_cgroup
 from nodeguard.lab.agent_process import AgentProcess
+from nodeguard.lab.collector_process import CollectorProcess
 from nodeguard.lab.containerd import FAIL_CLOSED_NS, ContainerdRuntime, KubeletSim, PodHandle
+from nodeguard.lab.stream_lab import make_certs, stored_pod, write_collector_config
 
 pytestmark = pytest.mark.node
 
@@ -349,13 +352,19 @@ def test_without_its_collector_certificate_the_agent_still_enforces_and_spools(
 ) -> None:
     """Enforcement never depends on delivery: a collector link that cannot start (here:
     the node certificate is missing) leaves the agent guarding pods, spooling every
-    violation and saying why it is degraded."""
-    missing = tmp_path / "pki"
+    violation and saying why it is degraded. When the certificate files appear (a Secret
+    mounted late, a bootstrap step), the agent starts the link by itself and the spool
+    reaches the collector, each record once."""
+    certs = make_certs(tmp_path / "issued")
+    collector = CollectorProcess(
+        write_collector_config(tmp_path / "collector.yaml", certs, tmp_path / "store.db"),
+        workdir=tmp_path / "collector",
+    )
+    missing = tmp_path / "pki"  # where the agent looks: empty until the test copies them
     proc = AgentProcess(
         runtime,
         tmp_path / "agent",
         overrides={
-            "collectorAddress": "127.0.0.1:9",
             "collectorTLS": {
                 "ca": str(missing / "ca.crt"),
                 "cert": str(missing / "node.crt"),
@@ -366,6 +375,8 @@ def test_without_its_collector_certificate_the_agent_still_enforces_and_spools(
     proc.policy_dir.mkdir(parents=True)
     (proc.policy_dir / "research-agent.yaml").write_text(policy_yaml())
     try:
+        collector.start()
+        proc.overrides["collectorAddress"] = collector.target
         proc.start(require_ready=False)
         guarded = kubelet.run_pod("agents", "research-nocert", {"app": "research-agent"})
         assert connect(kubelet, guarded, server) != 0
@@ -374,5 +385,21 @@ def test_without_its_collector_certificate_the_agent_still_enforces_and_spools(
         assert any("collector link not started" in r for r in snap.agent.reasons), snap.agent
         assert any("node.crt" in r for r in snap.agent.reasons)
         assert {p.name: p.policy for p in snap.pods}["research-nocert"] == "research-agent"
+        spooled = snap.collector.spool_records
+
+        missing.mkdir()
+        shutil.copy(certs.ca, missing / "ca.crt")
+        shutil.copy(certs.node_key, missing / "node.key")
+        shutil.copy(certs.node_cert, missing / "node.crt")
+        snap = proc.wait_for(
+            lambda s: s.collector.state == "connected" and s.collector.spool_records == 0,
+            timeout=40,  # the agent retries every 10 s
+        )
+        assert snap.agent.state == "ready", snap.agent
+        assert snap.collector.acked >= spooled
+        stored = stored_pod(tmp_path / "store.db", "research-nocert")
+        assert stored.records >= 1
+        assert stored.duplicate_keys == 0 and stored.duplicate_uids == 0
     finally:
         proc.teardown()
+        collector.stop()
