@@ -415,48 +415,29 @@ static __always_inline void ng_limit_broken(struct ng_cgroup_policy *pol, u64 cg
  * (NG_CNT_EXEC_BEGUN_OUTSIDE), not reported as the workload's. A process already inside
  * a guarded cgroup when its execve begins is always checked: the workload cannot start an
  * exec outside its own cgroup. Costs every execve on the node one hash update.
+ *
+ * ng_exec_enter runs at sys_enter_execve and sys_enter_execveat, ng_exec_leave at their
+ * sys_exit (one program each, attached twice).
  */
-static __always_inline void ng_exec_enter(void)
+int ng_exec_enter(void *ctx)
 {
 	u64 cgid;
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	if (ng_current_policy(&cgid)) {
 		exec_begun_outside.delete(&tid); /* inside: checked as usual */
-		return;
+		return 0;
 	}
 	struct ng_exec_origin origin = {};
 	origin.began_ns = bpf_ktime_get_ns();
 	origin.task = bpf_get_current_task();
 	exec_begun_outside.update(&tid, &origin);
+	return 0;
 }
 
-static __always_inline void ng_exec_leave(void)
+int ng_exec_leave(void *ctx)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	exec_begun_outside.delete(&tid);
-}
-
-int ng_exec_enter_execve(void *ctx)
-{
-	ng_exec_enter();
-	return 0;
-}
-
-int ng_exec_enter_execveat(void *ctx)
-{
-	ng_exec_enter();
-	return 0;
-}
-
-int ng_exec_leave_execve(void *ctx)
-{
-	ng_exec_leave();
-	return 0;
-}
-
-int ng_exec_leave_execveat(void *ctx)
-{
-	ng_exec_leave();
 	return 0;
 }
 

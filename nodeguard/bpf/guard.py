@@ -53,10 +53,10 @@ TRACEPOINTS: tuple[tuple[str, str, str, bytes], ...] = (
 # tracepoints (CONFIG_FTRACE_SYSCALLS); without them every exec is checked where it ends,
 # and runc 1.1 can now and then fail to start a container in a pod with an exec policy.
 EXEC_ORIGIN_TRACEPOINTS: tuple[tuple[str, str, str, bytes], ...] = (
-    ("exec-enter", "syscalls", "sys_enter_execve", b"ng_exec_enter_execve"),
-    ("exec-enter-at", "syscalls", "sys_enter_execveat", b"ng_exec_enter_execveat"),
-    ("exec-leave", "syscalls", "sys_exit_execve", b"ng_exec_leave_execve"),
-    ("exec-leave-at", "syscalls", "sys_exit_execveat", b"ng_exec_leave_execveat"),
+    ("exec-enter", "syscalls", "sys_enter_execve", b"ng_exec_enter"),
+    ("exec-enter-at", "syscalls", "sys_enter_execveat", b"ng_exec_enter"),
+    ("exec-leave", "syscalls", "sys_exit_execve", b"ng_exec_leave"),
+    ("exec-leave-at", "syscalls", "sys_exit_execveat", b"ng_exec_leave"),
 )
 # (link name, raw tracepoint, function)
 RAW_TRACEPOINTS: tuple[tuple[str, str, bytes], ...] = (

@@ -27,6 +27,7 @@ from typing import Any
 
 from nodeguard import log
 from nodeguard.bpf.abi import HEADER_PATH
+from nodeguard.bpf.guard import EXEC_ORIGIN_TRACEPOINTS
 from nodeguard.errors import BccMissingError
 from nodeguard.identity.cgroupfs import find_cgroup2_mount
 
@@ -613,40 +614,28 @@ KFUNC_PROBE(do_unlinkat, int dfd)
 """
 
 
-def _probe_tracepoint_exists(name: str, category: str, event: str, what: str) -> Feature:
-    """A tracepoint the guard attaches to exists in tracefs (nothing is attached here)."""
-    path = TRACEFS / "events" / category / event
-    if path.is_dir():
-        return Feature(name, True, f"{what}: {category}/{event} present")
-    return Feature(
-        name,
-        False,
-        f"{what}: {path} is missing",
-        fix="mount tracefs (scripts/setup.sh) and use a kernel with CONFIG_TRACEPOINTS",
-    )
+# sys_{enter,exit}_execve(at): where each exec began (the guard attaches these)
+EXEC_ORIGIN_EVENTS = tuple(tracepoint for _, _, tracepoint, _ in EXEC_ORIGIN_TRACEPOINTS)
 
 
-def _probe_exec_origin() -> Feature:
-    """The syscall tracepoints that tell where each exec began (optional: without them an
-    exec the runtime moved into a guarded pod mid-way is checked, see docs/policy.md)."""
-    name = "tracepoint.sys_enter_execve"
-    events = ("sys_enter_execve", "sys_enter_execveat", "sys_exit_execve", "sys_exit_execveat")
-    missing = [e for e in events if not (TRACEFS / "events" / "syscalls" / e).is_dir()]
+def _probe_tracepoint_exists(
+    name: str,
+    category: str,
+    events: str | tuple[str, ...],
+    what: str,
+    *,
+    required: bool = True,
+    fix: str = "mount tracefs (scripts/setup.sh) and use a kernel with CONFIG_TRACEPOINTS",
+) -> Feature:
+    """Tracepoints the guard attaches to exist in tracefs (nothing is attached here)."""
+    names = (events,) if isinstance(events, str) else events
+    paths = [TRACEFS / "events" / category / e for e in names]
+    missing = [str(p) for p in paths if not p.is_dir()]
     if not missing:
-        return Feature(
-            name,
-            True,
-            "where each exec began: syscalls/sys_{enter,exit}_execve(at)",
-            required=False,
-        )
+        present = ", ".join(f"{category}/{e}" for e in names)
+        return Feature(name, True, f"{what}: {present} present", required=required)
     return Feature(
-        name,
-        False,
-        f"no syscalls/{', '.join(missing)} tracepoint: an exec that runc moves into a pod "
-        "mid-way is judged where it ends (runc 1.1 may now and then fail to start a container "
-        "in a pod with an exec policy)",
-        fix="use a kernel built with CONFIG_FTRACE_SYSCALLS",
-        required=False,
+        name, False, f"{what}: {', '.join(missing)} is missing", fix=fix, required=required
     )
 
 
@@ -994,7 +983,20 @@ def run_probes(*, euid: int | None = None, source: Path = PROBE_SOURCE) -> Repor
                     "tracepoint.task_newtask", "task", "task_newtask", "process budgets (forks)"
                 ),
             ),
-            _guarded("tracepoint.sys_enter_execve", False, _probe_exec_origin),
+            _guarded(
+                "tracepoint.sys_enter_execve",
+                False,
+                lambda: _probe_tracepoint_exists(
+                    "tracepoint.sys_enter_execve",
+                    "syscalls",
+                    EXEC_ORIGIN_EVENTS,
+                    "where each exec began",
+                    required=False,
+                    fix="use a kernel built with CONFIG_FTRACE_SYSCALLS; without these, an "
+                    "exec that runc moves into a pod mid-way is judged where it ends (runc "
+                    "may now and then fail to start a container in a pod with an exec policy)",
+                ),
+            ),
         ]
     )
     features.append(_guarded("kprobes", False, lambda: _probe_kprobes(config)))
